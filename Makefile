@@ -1,0 +1,39 @@
+# penguin-lab: `make run` runs the lab, `make test` runs the tests. Both set up .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+ARGS   ?=
+
+.PHONY: install run test horovod bench notebooks data clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+run: install
+	$(BIN)/penguin-lab run $(ARGS)
+
+# Horovod 0.28.1 built once for this torch (CPU, gloo) and cached outside the clone.
+horovod: install
+	scripts/build_horovod.sh $(BIN)/python
+
+test: install horovod
+	$(BIN)/python -m pytest $(ARGS)
+
+bench: install
+	$(BIN)/python bench/bench_lab.py $(ARGS)
+
+# Run the notebooks top to bottom, locally, as plain Python.
+notebooks: install
+	for nb in notebooks/0*.py; do echo "== $$nb"; $(BIN)/python $$nb || exit 1; done
+
+data: install
+	$(BIN)/python scripts/make_penguins_csv.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,159 @@
+"""penguin-lab command line: run the lab, score penguins, train distributed, manage a workspace."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from .config import DEFAULT_DATA, MEASUREMENTS, TrainConfig
+from .errors import LabError
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def default_out() -> Path:
+    return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def cmd_run(args) -> int:
+    from .pipeline import run_lab
+
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                         oversample=args.oversample, learning_rate=args.learning_rate)
+    out = Path(args.out) if args.out else default_out()
+    metrics = run_lab(args.data, out, config, progress=sys.stderr.isatty(), drop_invalid=args.drop_invalid)
+    print(f"test accuracy {metrics['test_accuracy']:.4f} on {metrics['test_rows']} held-out penguins "
+          f"({metrics['train_rows']} training rows, {metrics['overlap_rows']} overlapping, "
+          f"{metrics['incomplete_rows']} incomplete dropped)")
+    print(f"final loss: training {metrics['final_train_loss']:.4f}, validation {metrics['final_val_loss']:.4f}; "
+          f"{metrics['epochs']} epochs in {metrics['train_seconds']:.2f} s, whole run {metrics['total_seconds']:.2f} s")
+    print(f"results in {out}/: metrics.json, loss.png, weights.txt, model/")
+    return 0
+
+
+MEASUREMENT_FLAGS = {"CulmenLength": "culmen_length", "CulmenDepth": "culmen_depth",
+                     "FlipperLength": "flipper_length", "BodyMass": "body_mass"}
+
+
+def cmd_predict(args) -> int:
+    from .predict import Predictor
+
+    predictor = Predictor(Path(args.model))
+    if args.csv:
+        return _predict_csv(predictor, args)
+    given = {name: getattr(args, flag) for name, flag in MEASUREMENT_FLAGS.items()}
+    missing = [f"--{flag.replace('_', '-')}" for name, flag in MEASUREMENT_FLAGS.items() if given[name] is None]
+    if args.island is None or missing:
+        raise LabError(f"predict needs --island and {', '.join(missing or ['the measurements'])} (or --csv FILE)")
+    result = predictor.predict(args.island, **given)
+    for warning in result["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(result["species"])
+        for name, p in result["probabilities"].items():
+            print(f"  {name:<10} {p:.4f}")
+    return 0
+
+
+def _predict_csv(predictor, args) -> int:
+    import csv
+
+    from .validate import read_penguins_csv
+
+    frame, invalid = read_penguins_csv(args.csv, require_label=False, drop_invalid=args.drop_invalid)
+    results = predictor.predict_frame(frame)
+    for result in results:
+        for warning in result["warnings"]:
+            print(f"warning: row {result['row']}: {warning}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["row", "species", *[f"p_{name}" for name in predictor.species]])
+    for result in results:
+        probs = [f"{result['probabilities'][n]:.6f}" if result["probabilities"] else "" for n in predictor.species]
+        writer.writerow([result["row"], result["species"] or "", *probs])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="penguin-lab", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the single-node lab end to end")
+    run.add_argument("--data", default=str(DEFAULT_DATA), help="penguin CSV (default: the shipped data)")
+    run.add_argument("--out", help="results folder (default: runs/<timestamp>)")
+    run.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs)
+    run.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size)
+    run.add_argument("--seed", type=int, default=TrainConfig.seed)
+    run.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
+    run.add_argument("--oversample", type=positive_int, default=TrainConfig.oversample,
+                     help="copies of each training row (the lab used 4); test rows are never copied")
+    run.add_argument("--drop-invalid", action="store_true", help="drop rows with invalid values instead of stopping")
+    run.set_defaults(func=cmd_run)
+
+    predict = commands.add_parser("predict", help="predict the species of a penguin with a saved model")
+    predict.add_argument("--model", required=True, help="model folder (e.g. runs/<timestamp>/model)")
+    predict.add_argument("--island", help="island name, e.g. Biscoe")
+    predict.add_argument("--culmen-length", type=str, help="mm")
+    predict.add_argument("--culmen-depth", type=str, help="mm")
+    predict.add_argument("--flipper-length", type=str, help="mm")
+    predict.add_argument("--body-mass", type=str, help="g")
+    predict.add_argument("--csv", help="score every row of this CSV file instead")
+    predict.add_argument("--drop-invalid", action="store_true", help="with --csv: skip rows with invalid values")
+    predict.add_argument("--json", action="store_true", help="machine-readable output")
+    predict.set_defaults(func=cmd_predict)
+
+    for register in _plugins():
+        register(commands)
+    return parser
+
+
+def _plugins():
+    """Subcommands that live in their own modules."""
+    registers = []
+    for module in ("distributed", "workspace"):
+        try:
+            registers.append(__import__(f"penguin_lab.{module}", fromlist=["register"]).register)
+        except (ImportError, AttributeError):
+            pass
+    return registers
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except LabError as e:
+        if args.debug:
+            raise
+        print(f"penguin-lab: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("penguin-lab: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as e:  # an unexpected failure still gets one line; --debug shows where
+        if args.debug:
+            raise
+        print(f"penguin-lab: error: {e.__class__.__name__}: {e} (run with --debug for details)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

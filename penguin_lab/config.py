@@ -1,0 +1,38 @@
+"""Every setting of the lab in one place."""
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO_ROOT / "data" / "penguins.csv"
+
+# The CSV's columns, found by name. Island is a category; the four measurements are numbers.
+ISLAND = "Island"
+MEASUREMENTS = ["CulmenLength", "CulmenDepth", "FlipperLength", "BodyMass"]
+LABEL = "Species"
+REQUIRED_COLUMNS = [ISLAND, *MEASUREMENTS, LABEL]
+
+# Model inputs, in order. Flipper length and body mass are scaled as in the lab so that
+# all four measurements are of a similar size (tens of units).
+FEATURES = ["IslandIdx", "CulmenLength", "CulmenDepth", "FlipperScaled", "MassScaled"]
+SCALE = {"CulmenLength": 1.0, "CulmenDepth": 1.0, "FlipperLength": 0.1, "BodyMass": 0.01}
+
+# Label index -> species name, as in the lab's data file.
+SPECIES = ["Adelie", "Gentoo", "Chinstrap"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What a training run may vary. Defaults are the lab's."""
+
+    epochs: int = 100
+    batch_size: int = 20
+    learning_rate: float = 0.001
+    hidden_units: int = 10
+    test_fraction: float = 0.30
+    seed: int = 0
+    # The lab copies every row 4 times to make epochs longer. Copies go to training only.
+    oversample: int = 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)

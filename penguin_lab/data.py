@@ -1,0 +1,149 @@
+"""Ingest and prepare the penguin data: read and check the CSV, then Spark cleans, encodes, scales and splits it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import FEATURES, ISLAND, LABEL, MEASUREMENTS, SCALE, TrainConfig
+from .errors import LabError
+from .validate import read_penguins_csv  # noqa: F401  (re-exported: the one way CSVs are read)
+
+_LOG4J = Path(__file__).with_name("log4j2.properties")
+
+
+def get_spark():
+    """The notebook's Spark session on Databricks; an embedded local one elsewhere."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    spark = (
+        SparkSession.builder.master(os.environ.get("PENGUIN_LAB_SPARK_MASTER", "local[2]"))
+        .appName("penguin-lab")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{_LOG4J}")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+@dataclass
+class PreparedData:
+    """Model-ready arrays plus what the model must remember to score new penguins."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    island_vocabulary: list
+    counts: dict = field(default_factory=dict)
+    feature_ranges: dict = field(default_factory=dict)
+
+
+def spark_prepare(spark, raw: pd.DataFrame):
+    """Spark: drop incomplete rows, encode the island, cast and scale.
+
+    Returns (Spark DataFrame with Row, the FEATURES and the label; island vocabulary; counts).
+    The island index comes from the sorted island names, so it is the same on every run
+    (the lab's collect_set has no fixed order) and it is saved with the model.
+    """
+    from pyspark.sql import functions as F
+
+    schema = "Row long, Island string, CulmenLength double, CulmenDepth double, " \
+             "FlipperLength double, BodyMass double, Species double"
+    df = spark.createDataFrame(raw[["Row", ISLAND, *MEASUREMENTS, LABEL]], schema=schema)
+    complete = df.dropna()
+    # Exact repeats of a row would land on both sides of the split and leak test answers.
+    unique = complete.dropDuplicates([ISLAND, *MEASUREMENTS, LABEL])
+
+    islands = [r[ISLAND] for r in unique.select(ISLAND).distinct().orderBy(ISLAND).collect()]
+    island_index = spark.createDataFrame(list(enumerate(islands)), "IslandIdx int, Island string")
+    data = unique.join(F.broadcast(island_index), ISLAND).select(
+        "Row",
+        F.col("IslandIdx").cast("float"),
+        (F.col("CulmenLength") * SCALE["CulmenLength"]).cast("float").alias("CulmenLength"),
+        (F.col("CulmenDepth") * SCALE["CulmenDepth"]).cast("float").alias("CulmenDepth"),
+        (F.col("FlipperLength") * SCALE["FlipperLength"]).cast("float").alias("FlipperScaled"),
+        (F.col("BodyMass") * SCALE["BodyMass"]).cast("float").alias("MassScaled"),
+        F.col(LABEL).cast("int").alias(LABEL),
+    )
+    return data, islands
+
+
+def spark_split(data, test_fraction: float, seed: int):
+    """Stratified, seeded split in Spark: within each species, a fixed share of rows goes to test.
+
+    Rows are ordered by a hash of (seed, row number), so the same seed picks the same rows on any
+    cluster and any number of partitions. Returns the data with a boolean `is_test` column.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    by_species = Window.partitionBy(LABEL)
+    ranked = Window.partitionBy(LABEL).orderBy(F.xxhash64(F.lit(seed), F.col("Row")), F.col("Row"))
+    n_test = F.greatest(F.lit(1), F.round(F.count("*").over(by_species) * test_fraction))
+    return data.withColumn("is_test", F.row_number().over(ranked) <= n_test)
+
+
+def check_splittable(species_counts: dict, where: str) -> None:
+    """Every species present needs a row on each side of the split."""
+    from .config import SPECIES
+
+    if sum(species_counts.values()) == 0:
+        raise LabError(f"{where}: no complete rows to train on (every row has a missing value)")
+    if len(species_counts) < 2:
+        raise LabError(f"{where}: only one species in the complete rows; need at least 2 to train a classifier")
+    for label, n in sorted(species_counts.items()):
+        if n < 2:
+            raise LabError(f"{where}: species {SPECIES[label]} has {n} complete row; "
+                           f"a stratified split needs at least 2 per species")
+
+
+def prepare_splits(spark, raw: pd.DataFrame, config: TrainConfig, where: str = "data") -> PreparedData:
+    """Run the Spark preparation and split; collect the two sides as arrays."""
+    data, islands = spark_prepare(spark, raw)
+    split = spark_split(data, config.test_fraction, config.seed)
+    # One Spark job collects everything; sort by row number so order never depends on partitions.
+    rows = split.toPandas().sort_values("Row", kind="stable").reset_index(drop=True)
+    species_counts = rows[LABEL].value_counts().to_dict()
+    check_splittable({int(k): int(v) for k, v in species_counts.items()}, where)
+
+    complete_rows = int(raw[[ISLAND, *MEASUREMENTS, LABEL]].notna().all(axis=1).sum())
+    train, test = rows[~rows["is_test"]], rows[rows["is_test"]]
+    x_train = train[FEATURES].to_numpy(np.float32)
+    y_train = train[LABEL].to_numpy(np.int64)
+    if config.oversample > 1:
+        x_train = np.tile(x_train, (config.oversample, 1))
+        y_train = np.tile(y_train, config.oversample)
+    x_test, y_test = test[FEATURES].to_numpy(np.float32), test[LABEL].to_numpy(np.int64)
+    counts = {
+        "input_rows": int(len(raw)),
+        "incomplete_rows": int(len(raw) - complete_rows),
+        "duplicate_rows": int(complete_rows - len(rows)),
+        "train_rows": int(len(x_train)),
+        "test_rows": int(len(x_test)),
+        "overlap_rows": overlap_rows(x_train, y_train, x_test, y_test),
+    }
+    return PreparedData(x_train, y_train, x_test, y_test, islands, counts, measurement_ranges(raw))
+
+
+def overlap_rows(x_train, y_train, x_test, y_test) -> int:
+    """Test rows whose features and label also occur in training: answers the model has seen."""
+    seen = {(*row.tolist(), int(label)) for row, label in zip(x_train, y_train)}
+    return sum((*row.tolist(), int(label)) in seen for row, label in zip(x_test, y_test))
+
+
+def measurement_ranges(raw: pd.DataFrame) -> dict:
+    """Min and max of each raw measurement, so predict can warn about values far outside them."""
+    complete = raw[[ISLAND, *MEASUREMENTS, LABEL]].dropna()
+    return {m: [float(complete[m].min()), float(complete[m].max())] for m in MEASUREMENTS}

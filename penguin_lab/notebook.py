@@ -1,0 +1,63 @@
+"""Small helpers that let the same notebooks run on Databricks and with plain `python` locally."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+
+from .config import DEFAULT_DATA, TrainConfig
+
+ON_DATABRICKS = "DATABRICKS_RUNTIME_VERSION" in os.environ
+
+# name: (widget label, local environment variable, default off Databricks, default on Databricks)
+PARAMETERS = {
+    "data_path": ("Data file (dbfs:/..., /Volumes/... or a path)", "PENGUIN_LAB_DATA", str(DEFAULT_DATA), str(DEFAULT_DATA)),
+    "output_dir": ("Results folder", "PENGUIN_LAB_OUT", "runs/notebooks", "/dbfs/tmp/penguin-lab"),
+    "epochs": ("Epochs", "PENGUIN_LAB_EPOCHS", str(TrainConfig.epochs), str(TrainConfig.epochs)),
+    "seed": ("Random seed", "PENGUIN_LAB_SEED", str(TrainConfig.seed), str(TrainConfig.seed)),
+}
+
+
+def parameters(dbutils=None) -> dict:
+    """Notebook parameters: widgets on Databricks, environment variables locally."""
+    values = {}
+    for name, (label, env, local_default, databricks_default) in PARAMETERS.items():
+        if dbutils is not None:
+            dbutils.widgets.text(name, databricks_default, label)
+            values[name] = dbutils.widgets.get(name)
+        else:
+            values[name] = os.environ.get(env, local_default)
+    values["data_path"] = file_path(values["data_path"])
+    values["epochs"] = int(values["epochs"])
+    values["seed"] = int(values["seed"])
+    return values
+
+
+def file_path(path: str) -> str:
+    """dbfs:/x is /dbfs/x to Python's file functions on a Databricks driver."""
+    return "/dbfs/" + path[len("dbfs:/"):].lstrip("/") if path.startswith("dbfs:/") else path
+
+
+def show_source(obj) -> None:
+    """Print the code of a function or class, so the notebook shows what it runs."""
+    print(inspect.getsource(obj))
+
+
+def show_figure(figure) -> None:
+    """Display a matplotlib figure in a notebook; locally there is nothing to display it on."""
+    if ON_DATABRICKS or _in_ipython():
+        from matplotlib import pyplot as plt
+        plt.show()
+
+
+def _in_ipython() -> bool:
+    try:
+        from IPython import get_ipython
+        return get_ipython() is not None
+    except ImportError:
+        return False
+
+
+def output_path(params: dict) -> Path:
+    return Path(params["output_dir"])
