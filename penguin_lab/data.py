@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,8 @@ def get_spark():
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    # Python tasks (TorchDistributor's barrier tasks) must run in this interpreter, not `python3` on PATH.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = (
         SparkSession.builder.master(os.environ.get("PENGUIN_LAB_SPARK_MASTER", "local[2]"))
         .appName("penguin-lab")
