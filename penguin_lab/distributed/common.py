@@ -104,6 +104,7 @@ def finish_on_rank0(job: DistributedJob, model, test_loader, device, history, re
         "test_loss": test_loss,
         "weights_identical": len(set(checksums)) == 1,
         "rank_checksums": checksums,
+        "rank_pids": [report["pid"] for report in reports],
         "train_seconds": round(max(report["train_seconds"] for report in reports), 4),
         "train_rows_per_rank": [report["train_rows"] for report in reports],
         "final_train_loss": sum(report["final_train_loss"] for report in reports) / len(reports),
@@ -131,10 +132,8 @@ FAILURE_TAG = "[penguin-lab:rank-failed]"
 _FAILURE_LINE = re.compile(re.escape(FAILURE_TAG) + r" (\{.*\})")
 
 
-def one_line(error: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(error).split()) or "(no message)"
-    text = f"{type(error).__name__}: {text}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def one_line(error: BaseException) -> str:
+    return _shorten(f"{type(error).__name__}: {' '.join(str(error).split()) or '(no message)'}")
 
 
 @contextlib.contextmanager
@@ -175,15 +174,29 @@ class DistributedTrainingError(LabError):
 def failure_error(engine: str, output: "WorkerOutput", exception: BaseException) -> DistributedTrainingError:
     """Turn an engine's exception into one line. The first rank to fail is the cause: the others
     usually fail afterwards only because their peer went away."""
-    reports = failure_reports(output.text() if output is not None else "") + failure_reports(str(exception))
+    text = (output.text() if output is not None else "") + "\n" + str(exception)
+    reports = failure_reports(text)
     if reports:
         first = min(reports, key=lambda report: report.get("time", float("inf")))
         return DistributedTrainingError(f"{engine} training failed: rank {first['rank']}: {first['error']}",
                                         rank=first["rank"], error=first["error"])
+    # A function without report_failure, run by horovod.runner: its worker prints this line.
+    raised = _HOROVOD_USER_ERROR.search(text)
+    if raised:
+        message = raised.group(2).split("Traceback (most recent call last):")[0]  # the traceback follows on the same line
+        rank, error = int(raised.group(1)), _shorten(message.strip() or "(no message)")
+        return DistributedTrainingError(f"{engine} training failed: rank {rank}: {error}", rank=rank, error=error)
     lines = [line.strip() for line in str(exception).splitlines() if line.strip()]
-    summary = lines[0] if lines else type(exception).__name__
-    summary = summary if len(summary) <= 300 else summary[:297] + "..."
+    summary = _shorten(lines[0] if lines else type(exception).__name__)
     return DistributedTrainingError(f"{engine} training failed: {summary}", error=summary)
+
+
+_HOROVOD_USER_ERROR = re.compile(r"\[(\d+)\]<stderr>:User function raise error: ?(.*)")
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class WorkerOutput:

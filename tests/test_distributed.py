@@ -1,0 +1,293 @@
+"""Distributed training with real Horovod processes and the real TorchDistributor on a local Spark.
+
+Every engine and mode trains 2 processes for the lab's 100 epochs; each run takes ten to thirty
+seconds on two cores. Horovod is built by `make horovod`; without it the Horovod tests are skipped,
+except under CI=true, where a missing Horovod fails them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from penguin_lab.artifacts import load_model
+from penguin_lab.config import DEFAULT_DATA, TrainConfig
+from penguin_lab.distributed import (DistributedTrainingError, HorovodRunner, horovod_available, train_distributed)
+from penguin_lab.distributed.common import (FAIL_ON_RANK_ENV, WorkerOutput, failure_error, failure_reports,
+                                            state_checksum)
+from penguin_lab.errors import LabError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# (engine, local_mode): local mode starts processes on the driver; otherwise Horovod's np > 0 and
+# TorchDistributor's Spark barrier tasks (on the local[2] master).
+ENGINE_MODES = [("horovod", True), ("horovod", False), ("torch", True), ("torch", False)]
+MODE_IDS = [f"{engine}-{'local' if local else 'cluster'}" for engine, local in ENGINE_MODES]
+
+# A run whose worker fails must end well within this; the engines' own waits are far longer.
+FAILURE_DEADLINE_SECONDS = 60
+
+
+def require_horovod() -> None:
+    if horovod_available():
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail("Horovod is not installed; under CI the Horovod tests must run (make horovod builds it)")
+    pytest.skip("Horovod is not installed (make horovod builds it)")
+
+
+def require_engine(engine: str) -> None:
+    if engine == "horovod":
+        require_horovod()
+
+
+@pytest.fixture(scope="module")
+def spark():
+    from penguin_lab.data import get_spark
+
+    return get_spark()
+
+
+@pytest.fixture(scope="module")
+def prepared(spark):
+    from penguin_lab.data import prepare_splits
+    from penguin_lab.validate import read_penguins_csv
+
+    raw, _ = read_penguins_csv(DEFAULT_DATA)
+    return prepare_splits(spark, raw, TrainConfig())
+
+
+# --- processes -------------------------------------------------------------------------------------------
+
+def process_tree(root: int = None) -> dict:
+    """pid -> command line, for every live descendant of `root` (this test process by default)."""
+    root = os.getpid() if root is None else root
+    children = defaultdict(list)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] == "Z":  # already dead, only waiting for its parent to read the exit code
+            continue
+        children[int(fields[1])].append(int(entry))
+    tree, stack = {}, [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            try:
+                tree[child] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            stack.append(child)
+    return tree
+
+
+def lives_as_long_as_this_process(cmdline: str) -> bool:
+    """Spark's JVM and Python worker daemon (one per session), and multiprocessing's resource tracker
+    (one per process, started by the first Horovod run), are shared helpers, not strays of one run."""
+    return ("org.apache.spark.deploy.SparkSubmit" in cmdline or "-m pyspark.daemon" in cmdline
+            or "from multiprocessing.resource_tracker import main" in cmdline)
+
+
+def strays(before: dict, wait_seconds: float = 15.0) -> dict:
+    """Processes started during the run that are still alive after a short grace period."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        left = {pid: cmd for pid, cmd in process_tree().items() if pid not in before and not lives_as_long_as_this_process(cmd)}
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
+
+
+# --- training ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("engine,local_mode", ENGINE_MODES, ids=MODE_IDS)
+def test_two_processes_train_identical_accurate_weights(engine, local_mode, prepared, spark, tmp_path):
+    require_engine(engine)
+    out = tmp_path / "run"
+    metrics = train_distributed(prepared, out, engine, num_processes=2, local_mode=local_mode, spark=spark)
+
+    assert metrics["engine"] == engine and metrics["world_size"] == 2 and metrics["local_mode"] == local_mode
+    # Two real processes, neither of them this one.
+    assert len(set(metrics["rank_pids"])) == 2 and os.getpid() not in metrics["rank_pids"]
+    # Each rank trained on half of the rows (DistributedSampler pads to an even split).
+    half = -(-metrics["train_rows"] // 2)
+    assert metrics["train_rows_per_rank"] == [half, half]
+    checksums = metrics["rank_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1], f"ranks ended with different weights: {checksums}"
+    assert metrics["epochs"] == 100 and metrics["test_accuracy"] >= 0.95
+
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("test_accuracy", "world_size", "engine", "train_seconds"):
+        assert saved[key] == metrics[key]
+    model, metadata = load_model(out / "model")
+    # The saved model is the trained one (same checksum as every rank) and is accurate on the held-out rows.
+    assert state_checksum(model) == checksums[0]
+    import torch
+    with torch.no_grad():
+        predicted = model(torch.as_tensor(prepared.x_test)).argmax(dim=1).numpy()
+    assert (predicted == prepared.y_test).mean() >= 0.95
+    assert metadata["metrics"]["world_size"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging folders left
+
+
+@pytest.mark.parametrize("engine,local_mode", ENGINE_MODES, ids=MODE_IDS)
+def test_failing_worker_fails_the_run_quickly_and_cleanly(engine, local_mode, prepared, spark, tmp_path):
+    require_engine(engine)
+    before = process_tree()
+    started = time.monotonic()
+    with pytest.raises(DistributedTrainingError) as failure:
+        train_distributed(prepared, tmp_path / "run", engine, num_processes=2, local_mode=local_mode,
+                          spark=spark, fail_on_rank=1)
+    elapsed = time.monotonic() - started
+
+    message = str(failure.value)
+    assert "\n" not in message
+    assert message.startswith(f"{engine} training failed: rank 1: InjectedFailure: injected failure at epoch 2")
+    assert failure.value.rank == 1
+    assert elapsed < FAILURE_DEADLINE_SECONDS, f"the failed run took {elapsed:.0f} s"
+    assert list(tmp_path.iterdir()) == [], "a failed run left files behind"
+    assert strays(before) == {}
+
+
+def test_a_failure_in_rank_zero_is_named_and_keeps_the_previous_results(prepared, spark, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    with pytest.raises(DistributedTrainingError, match=r"^torch training failed: rank 0: InjectedFailure"):
+        train_distributed(prepared, out, "torch", num_processes=2, local_mode=True, spark=spark, fail_on_rank=0)
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    assert [p.name for p in out.iterdir()] == ["metrics.json"]
+
+
+def test_too_many_processes_for_the_spark_slots_is_refused_at_once(prepared, spark, tmp_path):
+    slots = spark.sparkContext.defaultParallelism
+    with pytest.raises(LabError, match=f"need {slots + 1} Spark task slots; this cluster has {slots}"):
+        train_distributed(prepared, tmp_path / "run", "torch", num_processes=slots + 1, local_mode=False, spark=spark)
+
+
+def test_unknown_engine_is_one_line(prepared, tmp_path):
+    with pytest.raises(LabError, match="unknown engine 'mpi'; choose one of horovod, torch"):
+        train_distributed(prepared, tmp_path / "run", "mpi")
+
+
+# --- HorovodRunner ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("np", [-2, 2])
+def test_horovod_runner_runs_np_processes_and_returns_rank_zeros_value(np):
+    require_horovod()
+
+    def main(offset):  # defined here so that it is pickled by value, as in a notebook
+        import os
+
+        import horovod.torch as hvd
+        hvd.init()
+        return {"rank": hvd.rank(), "size": hvd.size(), "value": offset + hvd.rank(), "pid": os.getpid()}
+
+    result = HorovodRunner(np=np, driver_log_verbosity="all").run(main, offset=10)
+    assert result["rank"] == 0 and result["size"] == 2 and result["value"] == 10
+    assert result["pid"] != os.getpid()
+
+
+def test_horovod_runner_reports_a_plain_exception_in_one_line():
+    require_horovod()
+
+    def main():
+        import horovod.torch as hvd
+        hvd.init()
+        if hvd.rank() == 1:
+            raise ValueError("rank one cannot count")
+        hvd.allreduce_(__import__("torch").zeros(1), name="wait")  # rank 0 waits for rank 1 here
+        return "never"
+
+    before = process_tree()
+    with pytest.raises(DistributedTrainingError, match=r"^horovod training failed: rank 1: rank one cannot count$"):
+        HorovodRunner(np=-2).run(main)
+    assert strays(before) == {}
+
+
+def test_horovod_runner_rejects_what_sparkdl_rejects():
+    with pytest.raises(LabError, match="np must be a non-zero whole number"):
+        HorovodRunner(np=0)
+    with pytest.raises(TypeError):
+        HorovodRunner(2)  # keyword-only, as sparkdl's
+    with pytest.raises(LabError, match="driver_log_verbosity must be"):
+        HorovodRunner(np=2, driver_log_verbosity="loud")
+
+
+# --- failure reports (no processes) -------------------------------------------------------------------------
+
+def test_the_first_rank_to_fail_is_named():
+    output = WorkerOutput(echo=False)
+    output.stream(sys.stderr).write(
+        '[0]<stderr>:[penguin-lab:rank-failed] {"rank": 0, "time": 20.5, "error": "RuntimeError: Connection closed by peer"}\n'
+        'noise\n[1]<stderr>:[penguin-lab:rank-failed] {"rank": 1, "time": 20.1, "error": "ValueError: bad row"}\n')
+    error = failure_error("horovod", output, RuntimeError("Horovod detected that one or more processes exited"))
+    assert str(error) == "horovod training failed: rank 1: ValueError: bad row"
+    assert (error.rank, error.error) == (1, "ValueError: bad row")
+
+
+def test_reports_inside_an_engine_exception_are_found():
+    text = ('Py4JJavaError: Job aborted\nRuntimeError: Command [...] failed with return code 1. The task output is '
+            'included below: [penguin-lab:rank-failed] {"rank": 1, "time": 3, "error": "KeyError: \'x\'"}\n')
+    assert failure_reports(text) == [{"rank": 1, "time": 3, "error": "KeyError: 'x'"}]
+    assert str(failure_error("torch", None, RuntimeError(text))) == "torch training failed: rank 1: KeyError: 'x'"
+
+
+def test_without_reports_the_first_line_of_the_engine_error_is_kept():
+    error = failure_error("torch", WorkerOutput(echo=False), RuntimeError("\n  Barrier stage failed\nat line 2\n"))
+    assert str(error) == "torch training failed: Barrier stage failed"
+
+
+# --- command line ---------------------------------------------------------------------------------------------
+
+def run_cli(*args, env_extra=None, timeout=300):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "penguin_lab.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def test_cli_writes_metrics_and_a_model_that_predict_loads(tmp_path):
+    engine = "torch"  # the engines themselves are tested above; this is the command's wiring
+    out = tmp_path / "run"
+    done = run_cli("distributed", "--engine", engine, "--np", "2", "--epochs", "40", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert f"results in {out}/" in done.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["engine"] == engine and metrics["world_size"] == 2 and metrics["epochs"] == 40
+    assert metrics["train_seconds"] > 0 and 0 <= metrics["test_accuracy"] <= 1
+    predicted = run_cli("predict", "--model", str(out / "model"), "--island", "Biscoe", "--culmen-length", "48.6",
+                        "--culmen-depth", "16", "--flipper-length", "230", "--body-mass", "5800", "--json")
+    assert predicted.returncode == 0, predicted.stderr
+    assert json.loads(predicted.stdout)["species"] == "Gentoo"
+
+
+def test_cli_failure_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    done = run_cli("distributed", "--engine", "torch", "--epochs", "5", "--out", str(out),
+                   env_extra={FAIL_ON_RANK_ENV: "1"})
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("penguin-lab:")]
+    assert errors == ["penguin-lab: error: torch training failed: rank 1: InjectedFailure: "
+                      "injected failure at epoch 2 (test hook fail_on_rank=1)"]
+    assert "Traceback" not in done.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_cli_rejects_bad_arguments_in_one_line(tmp_path):
+    done = run_cli("distributed", "--engine", "torch", "--np", "0")
+    assert done.returncode == 2 and "'0' must be at least 1" in done.stderr
+    done = run_cli("distributed", "--engine", "torch", "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "x"))
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and "missing.csv" in done.stderr
