@@ -1,0 +1,157 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # 4. Distributed training with Horovod
+# MAGIC
+# MAGIC The model so far was trained by one process. When there is much more data to pass through a network,
+# MAGIC training can be spread over several processes (several CPU cores or GPUs, on one or more nodes). The lab
+# MAGIC does this with **Horovod**, an open-source library for distributed deep learning, started from the notebook
+# MAGIC by **HorovodRunner**.
+# MAGIC
+# MAGIC > **Deprecated.** Databricks has deprecated Horovod and HorovodRunner: they ship with Databricks Runtime ML up
+# MAGIC > to **15.4 LTS ML** and are not in 16.0 ML and later, and the upstream lab dropped this section in 2024.
+# MAGIC > Databricks now recommends **TorchDistributor**, which notebook 5 uses for the same training. Run this notebook
+# MAGIC > on Databricks Runtime 15.4 LTS ML or older, or on your own machine after `make horovod` (which builds Horovod
+# MAGIC > for this project's PyTorch; see `docs/distributed.md`).
+# MAGIC
+# MAGIC How it works: every process runs the same training function on its own share of the training rows. After
+# MAGIC each batch, Horovod averages the gradients of all processes, so every process takes the same step and all
+# MAGIC of them end with the same weights. Process 0 ("rank 0") then tests the model and saves it.
+
+# COMMAND ----------
+
+# MAGIC %pip install -q safetensors==0.8.0 tqdm
+
+# COMMAND ----------
+
+# In a Databricks Git folder the repository root is already on sys.path; `python notebooks/...` needs it added.
+# PYTHONPATH carries it to the training processes this notebook starts.
+import os, sys
+_root = os.path.dirname(os.path.dirname(os.path.abspath(globals().get("__file__", "notebooks/x"))))
+sys.path.insert(0, _root)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_root, os.environ.get("PYTHONPATH")) if p)
+
+from penguin_lab import notebook
+from penguin_lab.artifacts import load_model
+from penguin_lab.config import SPECIES, TrainConfig
+from penguin_lab.data import get_spark, prepare_splits
+from penguin_lab.distributed import DistributedJob, horovod_rank_main
+from penguin_lab.train import evaluate, make_dataset, make_loader
+from penguin_lab.validate import read_penguins_csv
+
+try:
+    dbutils  # defined by Databricks in every notebook
+except NameError:
+    dbutils = None
+params = notebook.parameters(dbutils)
+spark = get_spark()
+print(params)
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## The data
+# MAGIC
+# MAGIC The same preparation as notebook 1: Spark cleans, encodes and scales the rows, then splits them into a
+# MAGIC training set and a test set with no penguin on both sides.
+
+# COMMAND ----------
+
+config = TrainConfig(epochs=params["epochs"], seed=params["seed"])
+raw, _ = read_penguins_csv(params["data_path"])
+prepared = prepare_splits(spark, raw, config, where=params["data_path"])
+print(prepared.counts)
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## HorovodRunner
+# MAGIC
+# MAGIC On Databricks Runtime ML (15.4 LTS ML and older) `HorovodRunner` comes from `sparkdl` and starts the
+# MAGIC processes as Spark tasks. Elsewhere `sparkdl.HorovodRunner` does not exist (the `sparkdl` package on PyPI is an
+# MAGIC unrelated project), so `penguin_lab.distributed.HorovodRunner` stands in: same constructor, same `run`, and real
+# MAGIC Horovod processes on this machine, talking over gloo.
+# MAGIC
+# MAGIC - `np=-2`: 2 processes on the driver;
+# MAGIC - `np=2`: 2 processes; on Databricks they are Spark tasks on the workers (here, 2 processes on this machine);
+# MAGIC - `run(main, **kwargs)` calls `main(**kwargs)` in every process and returns rank 0's return value.
+# MAGIC
+# MAGIC When the processes run on worker nodes they must be able to import `penguin_lab`: install this repository
+# MAGIC as a notebook-scoped library first (for example `%pip install /Workspace/<path to this repository>`), and keep
+# MAGIC the results folder on storage every node sees (the default `/dbfs/tmp/penguin-lab`).
+
+# COMMAND ----------
+
+try:
+    from sparkdl import HorovodRunner
+except ImportError:
+    from penguin_lab.distributed import HorovodRunner
+print("HorovodRunner from", HorovodRunner.__module__)
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## The training function
+# MAGIC
+# MAGIC This is the lab's `train_hvd`, running the single-node model (`PenguinNet`) and training loop (`fit`, the same
+# MAGIC function notebook 2 uses). What Horovod adds:
+# MAGIC
+# MAGIC - `hvd.init()`, then `hvd.rank()` (this process) and `hvd.size()` (how many there are);
+# MAGIC - a `DistributedSampler` gives each rank a different share of the training rows, and `set_epoch` reshuffles the
+# MAGIC   shares before every epoch;
+# MAGIC - the learning rate is multiplied by `hvd.size()`: each step now averages `size` batches;
+# MAGIC - `hvd.DistributedOptimizer` averages the gradients of all ranks before every step;
+# MAGIC - `broadcast_parameters` and `broadcast_optimizer_state` start every rank from rank 0's weights;
+# MAGIC - at the end every rank computes a checksum of its weights and they are gathered, so we can check that all ranks
+# MAGIC   ended with exactly the same model; rank 0 tests it and saves it (into a temporary folder, renamed into place
+# MAGIC   when complete).
+
+# COMMAND ----------
+
+notebook.show_source(horovod_rank_main)
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Train with 2 processes
+# MAGIC
+# MAGIC As in the lab: `HorovodRunner(np=2, driver_log_verbosity='all')`, which shows every process's output. Rank 0
+# MAGIC prints its progress every 10 epochs.
+
+# COMMAND ----------
+
+model_dir = notebook.output_path(params) / "horovod" / "model"
+job = DistributedJob.from_prepared(prepared, config, model_dir=model_dir)
+
+hr = HorovodRunner(np=2, driver_log_verbosity="all")
+result = hr.run(horovod_rank_main, job=job)
+
+print(f"{result['world_size']} processes, {result['epochs']} epochs in {result['train_seconds']:.1f} s")
+for rank, checksum in enumerate(result["rank_checksums"]):
+    print(f"rank {rank} weights sha256 {checksum}")
+assert result["world_size"] == 2 and len(set(result["rank_checksums"])) == 1, "ranks ended with different weights"
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Load the model saved by rank 0 and test it
+# MAGIC
+# MAGIC The lab loads the weights with `torch.load`; here the model is a folder with `model.safetensors` (plain
+# MAGIC tensors, nothing to unpickle) and `model.json`, read by `load_model`.
+
+# COMMAND ----------
+
+test_model, metadata = load_model(model_dir)
+test_loader = make_loader(make_dataset(prepared.x_test, prepared.y_test), batch_size=config.batch_size)
+test_loss, test_accuracy = (t.item() for t in evaluate(test_model, test_loader, "cpu"))
+print(f"test loss {test_loss:.4f}, accuracy {test_accuracy:.3f} on {len(prepared.y_test)} held-out penguins")
+assert abs(test_accuracy - result["test_accuracy"]) < 1e-6
+
+# COMMAND ----------
+
+import torch
+
+# The lab's new penguin: Biscoe, 50.4 mm culmen length, 15.3 mm depth, 224 mm flipper, 5550 g.
+x_new = [[float(metadata["island_vocabulary"].index("Biscoe")), 50.4, 15.3, 224 * 0.1, 5550 * 0.01]]
+with torch.no_grad():
+    predicted = test_model(torch.tensor(x_new)).argmax(dim=1).item()
+print("Prediction:", SPECIES[predicted])
