@@ -1,0 +1,46 @@
+"""`penguin-lab run`: what it writes and prints, and how it fails."""
+
+import json
+
+from conftest import assert_one_line_error, run_cli
+
+REQUIRED_METRICS = {"test_accuracy", "train_rows", "test_rows", "overlap_rows", "epochs", "train_seconds",
+                    "total_seconds", "final_train_loss", "final_val_loss", "history"}
+
+
+def test_run_writes_metrics_plot_weights_and_model(lab_run):
+    out, result = lab_run
+    assert sorted(p.name for p in out.iterdir()) == ["loss.png", "metrics.json", "model", "weights.txt"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert REQUIRED_METRICS <= set(metrics)
+    assert set(metrics["history"]) == {"epoch", "train_loss", "val_loss", "val_accuracy"}
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    weights = (out / "weights.txt").read_text()
+    assert "fc1.weight (10, 5)" in weights and "fc3.bias (3,)" in weights
+    assert "test accuracy" in result.stdout and str(out) in result.stdout
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_same_seed_same_metrics_through_the_command_line(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        result = run_cli("run", "--epochs", "3", "--seed", "7", "--out", str(tmp_path / name))
+        assert result.returncode == 0, result.stderr
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        runs.append({k: v for k, v in metrics.items() if not k.endswith("seconds") and k != "data"})
+    assert runs[0] == runs[1]
+    assert (tmp_path / "a/model/model.safetensors").read_bytes() == (tmp_path / "b/model/model.safetensors").read_bytes()
+
+
+def test_bad_arguments_and_missing_data_are_one_line(tmp_path):
+    missing = run_cli("run", "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "out"))
+    assert_one_line_error(missing, "nope.csv", "no such file")
+    assert not (tmp_path / "out").exists()
+    bad_epochs = run_cli("run", "--epochs", "zero")
+    assert bad_epochs.returncode == 2 and "Traceback" not in bad_epochs.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = run_cli("--debug", "run", "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "out"))
+    assert result.returncode != 0 and "Traceback" in result.stderr

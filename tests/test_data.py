@@ -1,0 +1,91 @@
+"""Ingest and Spark preparation: the shipped file, encoding, casts, scaling, dropped rows, the split."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import DATA, REPO
+from penguin_lab.config import FEATURES, SPECIES, TrainConfig
+from penguin_lab.data import island_vocabulary, overlap_rows, prepare_splits, spark_prepare
+
+
+def test_shipped_csv_is_exactly_what_the_script_writes(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "penguins.csv"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_penguins_csv.py"), str(out)], check=True,
+                   capture_output=True)
+    assert out.read_bytes() == DATA.read_bytes()
+    lines = DATA.read_text().splitlines()
+    assert lines[0] == "Island,CulmenLength,CulmenDepth,FlipperLength,BodyMass,Species"
+    assert len(lines) == 345
+    assert ".0," not in DATA.read_text()
+
+
+def test_incomplete_rows_are_dropped_and_counted(prepared, raw):
+    assert prepared.counts["input_rows"] == 344
+    assert prepared.counts["incomplete_rows"] == 2
+    assert prepared.counts["train_rows"] + prepared.counts["test_rows"] == 342
+    assert not np.isnan(prepared.x_train).any() and not np.isnan(prepared.x_test).any()
+
+
+def test_island_index_is_the_sorted_vocabulary_whatever_the_row_order(spark, raw):
+    islands = island_vocabulary(spark_prepare(spark, raw).toPandas())
+    reversed_rows = raw.iloc[::-1].reset_index(drop=True)
+    islands_reversed = island_vocabulary(spark_prepare(spark, reversed_rows).toPandas())
+    assert islands == islands_reversed == ["Biscoe", "Dream", "Torgersen"]
+
+
+def test_casts_and_scaling_follow_the_lab(spark, raw):
+    data = spark_prepare(spark, raw)
+    islands = ["Biscoe", "Dream", "Torgersen"]
+    first = data.orderBy("Row").first()  # Torgersen,39.1,18.7,181,3750,0
+    assert first["IslandIdx"] == islands.index("Torgersen")
+    assert first["CulmenLength"] == pytest.approx(39.1, rel=1e-6)
+    assert first["CulmenDepth"] == pytest.approx(18.7, rel=1e-6)
+    assert first["FlipperScaled"] == pytest.approx(18.1, rel=1e-6)
+    assert first["MassScaled"] == pytest.approx(37.5, rel=1e-6)
+    assert first["Species"] == 0
+    types = dict(data.dtypes)
+    assert [types[f] for f in FEATURES] == ["float"] * 5 and types["Species"] == "int"
+
+
+def test_split_is_stratified_seeded_and_honest(prepared, raw):
+    assert prepared.counts["overlap_rows"] == 0
+    assert prepared.x_train.dtype == np.float32 and prepared.y_train.dtype == np.int64
+    complete = raw.dropna()
+    for label in range(len(SPECIES)):
+        n = int((complete["Species"] == label).sum())
+        assert int((prepared.y_test == label).sum()) == round(n * 0.3)
+
+
+def test_same_seed_same_split_other_seed_other_split(spark, raw, prepared):
+    again = prepare_splits(spark, raw, TrainConfig(seed=0))
+    other = prepare_splits(spark, raw, TrainConfig(seed=1))
+    assert np.array_equal(again.x_test, prepared.x_test) and np.array_equal(again.y_train, prepared.y_train)
+    assert not np.array_equal(other.x_test, prepared.x_test)
+
+
+def test_oversampling_copies_training_rows_only(spark, raw, prepared):
+    copied = prepare_splits(spark, raw, TrainConfig(oversample=4))
+    assert copied.counts["train_rows"] == 4 * prepared.counts["train_rows"]
+    assert copied.counts["test_rows"] == prepared.counts["test_rows"]
+    assert copied.counts["overlap_rows"] == 0
+
+
+def test_the_labs_replicate_then_split_leaks_test_rows(prepared):
+    """The lab's order (copy every row 4 times, then split 70/30) puts copies of test rows in training."""
+    sklearn = pytest.importorskip("sklearn.model_selection")
+    x = np.concatenate([prepared.x_train, prepared.x_test])
+    y = np.concatenate([prepared.y_train, prepared.y_test])
+    x4, y4 = np.tile(x, (4, 1)), np.tile(y, 4)
+    x_train, x_test, y_train, y_test = sklearn.train_test_split(x4, y4, test_size=0.30, random_state=0)
+    assert overlap_rows(x_train, y_train, x_test, y_test) > 0.9 * len(x_test)
+
+
+def test_exact_duplicate_rows_cannot_straddle_the_split(spark, raw):
+    doubled = pd.concat([raw, raw.assign(Row=raw["Row"] + 1000)], ignore_index=True)
+    prepared = prepare_splits(spark, doubled, TrainConfig())
+    assert prepared.counts["duplicate_rows"] == 342
+    assert prepared.counts["overlap_rows"] == 0

@@ -1,0 +1,86 @@
+"""Save, reload and predict: identical outputs, island names, the lab's new penguin."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import DATA, assert_one_line_error, run_cli
+from penguin_lab.artifacts import METADATA_FILE, WEIGHTS_FILE, load_model, save_model
+from penguin_lab.errors import LabError
+from penguin_lab.model import PenguinNet
+from penguin_lab.predict import Predictor
+
+LABS_NEW_PENGUIN = ["--island", "Biscoe", "--culmen-length", "50.4", "--culmen-depth", "15.3",
+                    "--flipper-length", "200", "--body-mass", "5000"]
+
+
+def test_save_then_load_gives_identical_outputs(tmp_path, prepared):
+    torch.manual_seed(3)
+    model = PenguinNet().eval()
+    save_model(model, tmp_path / "model", prepared.island_vocabulary, prepared.feature_ranges)
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [METADATA_FILE, WEIGHTS_FILE]
+    loaded, metadata = load_model(tmp_path / "model")
+    x = torch.as_tensor(prepared.x_test)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert metadata["island_vocabulary"] == ["Biscoe", "Dream", "Torgersen"]
+    assert metadata["features"] == ["IslandIdx", "CulmenLength", "CulmenDepth", "FlipperScaled", "MassScaled"]
+    assert metadata["species"] == ["Adelie", "Gentoo", "Chinstrap"]
+    assert set(metadata["versions"]) >= {"penguin_lab", "torch", "safetensors"}
+
+
+def test_predict_by_island_name_scales_like_the_spark_preparation(lab_run, prepared):
+    """The Predictor turns raw measurements into exactly the rows Spark prepared for training."""
+    out, _ = lab_run
+    predictor = Predictor(out / "model")
+    raw_first = {"CulmenLength": 39.1, "CulmenDepth": 18.7, "FlipperLength": 181, "BodyMass": 3750}
+    x, warnings = predictor.encode("Torgersen", raw_first)
+    assert warnings == []
+    assert np.allclose(x, [2.0, 39.1, 18.7, 18.1, 37.5])
+    spark_rows = {tuple(np.round(row, 4)) for row in np.concatenate([prepared.x_train, prepared.x_test])}
+    assert tuple(np.round(x, 4)) in spark_rows
+
+
+def test_the_labs_new_penguin_is_a_gentoo(lab_run):
+    out, _ = lab_run
+    result = Predictor(out / "model").predict("Biscoe", CulmenLength=50.4, CulmenDepth=15.3,
+                                              FlipperLength=200, BodyMass=5000)
+    assert result["species"] == "Gentoo"
+    assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_predict_command_text_and_json(lab_run):
+    out, _ = lab_run
+    text = run_cli("predict", "--model", str(out / "model"), *LABS_NEW_PENGUIN)
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.splitlines()[0] == "Gentoo"
+    as_json = run_cli("predict", "--model", str(out / "model"), *LABS_NEW_PENGUIN, "--json")
+    result = json.loads(as_json.stdout)
+    assert result["species"] == "Gentoo" and set(result["probabilities"]) == {"Adelie", "Gentoo", "Chinstrap"}
+
+
+def test_predict_a_whole_csv_matches_the_labels(lab_run):
+    out, _ = lab_run
+    result = run_cli("predict", "--model", str(out / "model"), "--csv", str(DATA), "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert len(rows) == 344
+    labels = DATA.read_text().splitlines()[1:]
+    names = ["Adelie", "Gentoo", "Chinstrap"]
+    scored = [(r["species"], names[int(line.rsplit(",", 1)[1])]) for r, line in zip(rows, labels) if r["species"]]
+    assert len(scored) == 342
+    assert sum(p == t for p, t in scored) / len(scored) >= 0.97
+
+
+def test_unknown_island_lists_the_known_ones(lab_run):
+    out, _ = lab_run
+    result = run_cli("predict", "--model", str(out / "model"), *LABS_NEW_PENGUIN[2:], "--island", "Atlantis")
+    assert_one_line_error(result, "Atlantis", "Biscoe, Dream, Torgersen")
+
+
+def test_pickle_files_are_refused_not_loaded(tmp_path):
+    torch.save(PenguinNet().state_dict(), tmp_path / "penguin_classifier.pt")
+    with pytest.raises(LabError, match="never loaded"):
+        load_model(tmp_path / "penguin_classifier.pt")
