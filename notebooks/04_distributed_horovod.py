@@ -23,25 +23,26 @@
 
 # COMMAND ----------
 
-# In a Databricks Git folder the repository root is already on sys.path; `python notebooks/...` needs it added.
-# PYTHONPATH carries it to the training processes this notebook starts.
+# Make the `penguin_lab` package importable: it sits in the repository root, the notebook folder's parent.
+# PYTHONPATH carries it to the training processes this notebook starts on this machine.
 import os, sys
-_root = os.path.dirname(os.path.dirname(os.path.abspath(globals().get("__file__", "notebooks/x"))))
-sys.path.insert(0, _root)
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_root, os.environ.get("PYTHONPATH")) if p)
+try:  # on Databricks, dbutils knows where this notebook is
+    notebook_path = dbutils.notebook.entry_point.getDbutils().notebook().getContext().notebookPath().get()
+    repo_root = os.path.dirname(os.path.dirname("/Workspace" + notebook_path))
+except NameError:  # a local `python notebooks/...` run: this file is the notebook
+    dbutils, repo_root = None, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, repo_root)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH")) if p)
 
 from penguin_lab import notebook
 from penguin_lab.artifacts import load_model
-from penguin_lab.config import SPECIES, TrainConfig
+from penguin_lab.config import TrainConfig
 from penguin_lab.data import get_spark, prepare_splits
 from penguin_lab.distributed import DistributedJob, horovod_rank_main
+from penguin_lab.predict import Predictor
 from penguin_lab.train import evaluate, make_dataset, make_loader
 from penguin_lab.validate import read_penguins_csv
 
-try:
-    dbutils  # defined by Databricks in every notebook
-except NameError:
-    dbutils = None
 params = notebook.parameters(dbutils)
 spark = get_spark()
 print(params)
@@ -140,7 +141,7 @@ assert result["world_size"] == 2 and len(set(result["rank_checksums"])) == 1, "r
 
 # COMMAND ----------
 
-test_model, metadata = load_model(model_dir)
+test_model, _ = load_model(model_dir)
 test_loader = make_loader(make_dataset(prepared.x_test, prepared.y_test), batch_size=config.batch_size)
 test_loss, test_accuracy = (t.item() for t in evaluate(test_model, test_loader, "cpu"))
 print(f"test loss {test_loss:.4f}, accuracy {test_accuracy:.3f} on {len(prepared.y_test)} held-out penguins")
@@ -148,10 +149,6 @@ assert abs(test_accuracy - result["test_accuracy"]) < 1e-6
 
 # COMMAND ----------
 
-import torch
-
-# The lab's new penguin: Biscoe, 50.4 mm culmen length, 15.3 mm depth, 224 mm flipper, 5550 g.
-x_new = [[float(metadata["island_vocabulary"].index("Biscoe")), 50.4, 15.3, 224 * 0.1, 5550 * 0.01]]
-with torch.no_grad():
-    predicted = test_model(torch.tensor(x_new)).argmax(dim=1).item()
-print("Prediction:", SPECIES[predicted])
+# The lab's new penguin [[1, 50.4, 15.3, 20, 50]]: Biscoe, culmen 50.4 mm x 15.3 mm, flipper 200 mm, 5000 g.
+prediction = Predictor(model_dir).predict("Biscoe", CulmenLength=50.4, CulmenDepth=15.3, FlipperLength=200, BodyMass=5000)
+print("Prediction:", prediction["species"])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -18,13 +17,12 @@ from pathlib import Path
 import pytest
 
 from penguin_lab.artifacts import load_model
-from penguin_lab.config import DEFAULT_DATA, TrainConfig
-from penguin_lab.distributed import (DistributedTrainingError, HorovodRunner, horovod_available, train_distributed)
-from penguin_lab.distributed.common import (FAIL_ON_RANK_ENV, WorkerOutput, failure_error, failure_reports,
-                                            state_checksum)
+from penguin_lab.distributed import (FAIL_ON_RANK_ENV, DistributedTrainingError, HorovodRunner, WorkerOutput,
+                                     failure_error, failure_reports, horovod_available, state_checksum,
+                                     train_distributed)
 from penguin_lab.errors import LabError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from conftest import assert_one_line_error, run_cli
 
 # (engine, local_mode): local mode starts processes on the driver; otherwise Horovod's np > 0 and
 # TorchDistributor's Spark barrier tasks (on the local[2] master).
@@ -46,22 +44,6 @@ def require_horovod() -> None:
 def require_engine(engine: str) -> None:
     if engine == "horovod":
         require_horovod()
-
-
-@pytest.fixture(scope="module")
-def spark():
-    from penguin_lab.data import get_spark
-
-    return get_spark()
-
-
-@pytest.fixture(scope="module")
-def prepared(spark):
-    from penguin_lab.data import prepare_splits
-    from penguin_lab.validate import read_penguins_csv
-
-    raw, _ = read_penguins_csv(DEFAULT_DATA)
-    return prepare_splits(spark, raw, TrainConfig())
 
 
 # --- processes -------------------------------------------------------------------------------------------
@@ -251,13 +233,6 @@ def test_without_reports_the_first_line_of_the_engine_error_is_kept():
 
 # --- command line ---------------------------------------------------------------------------------------------
 
-def run_cli(*args, env_extra=None, timeout=300):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "penguin_lab.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
-
-
 def test_cli_writes_metrics_and_a_model_that_predict_loads(tmp_path):
     engine = "torch"  # the engines themselves are tested above; this is the command's wiring
     out = tmp_path / "run"
@@ -275,13 +250,9 @@ def test_cli_writes_metrics_and_a_model_that_predict_loads(tmp_path):
 
 def test_cli_failure_is_one_line_exit_2_and_writes_nothing(tmp_path):
     out = tmp_path / "run"
-    done = run_cli("distributed", "--engine", "torch", "--epochs", "5", "--out", str(out),
-                   env_extra={FAIL_ON_RANK_ENV: "1"})
-    assert done.returncode == 2
-    errors = [line for line in done.stderr.splitlines() if line.startswith("penguin-lab:")]
-    assert errors == ["penguin-lab: error: torch training failed: rank 1: InjectedFailure: "
-                      "injected failure at epoch 2 (test hook fail_on_rank=1)"]
-    assert "Traceback" not in done.stderr
+    done = run_cli("distributed", "--engine", "torch", "--epochs", "5", "--out", str(out), env={FAIL_ON_RANK_ENV: "1"})
+    line = assert_one_line_error(done, "torch training failed: rank 1: InjectedFailure: injected failure at epoch 2")
+    assert line.endswith("(test hook fail_on_rank=1)")
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -289,5 +260,5 @@ def test_cli_rejects_bad_arguments_in_one_line(tmp_path):
     done = run_cli("distributed", "--engine", "torch", "--np", "0")
     assert done.returncode == 2 and "'0' must be at least 1" in done.stderr
     done = run_cli("distributed", "--engine", "torch", "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "x"))
-    assert done.returncode == 2
-    assert len(done.stderr.strip().splitlines()) == 1 and "missing.csv" in done.stderr
+    assert_one_line_error(done, "missing.csv")
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()

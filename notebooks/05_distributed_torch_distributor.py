@@ -1,0 +1,153 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # 5. Distributed training with TorchDistributor
+# MAGIC
+# MAGIC Notebook 4 spread the training over several processes with Horovod, as the lab does. Databricks has since
+# MAGIC deprecated Horovod and HorovodRunner (they are not in Databricks Runtime 16.0 ML and later) and recommends
+# MAGIC **TorchDistributor** (`pyspark.ml.torch.distributor`, part of Apache Spark since 3.4) with PyTorch's own
+# MAGIC **DistributedDataParallel** (DDP). This notebook trains the same model that way. It runs on Databricks Runtime
+# MAGIC 13.3 LTS ML and newer, including 16.x and later, and on your own machine with `pyspark`: no Horovod needed.
+# MAGIC
+# MAGIC TorchDistributor starts the processes in one of two ways:
+# MAGIC
+# MAGIC - `local_mode=True`: on the driver, the machine running this notebook;
+# MAGIC - `local_mode=False`: as Spark barrier tasks on the cluster's workers, all started together. On your own
+# MAGIC   machine the local Spark (`local[2]`) runs them in its executor, so this path works there too.
+# MAGIC
+# MAGIC `use_gpu=True` gives each process a GPU; it is only set when there is one. Without a GPU the processes
+# MAGIC talk over **gloo**; with GPUs, over **nccl**.
+
+# COMMAND ----------
+
+# MAGIC %pip install -q safetensors==0.8.0 tqdm
+
+# COMMAND ----------
+
+# Make the `penguin_lab` package importable: it sits in the repository root, the notebook folder's parent.
+# PYTHONPATH carries it to the training processes this notebook starts on this machine.
+import os, sys
+try:  # on Databricks, dbutils knows where this notebook is
+    notebook_path = dbutils.notebook.entry_point.getDbutils().notebook().getContext().notebookPath().get()
+    repo_root = os.path.dirname(os.path.dirname("/Workspace" + notebook_path))
+except NameError:  # a local `python notebooks/...` run: this file is the notebook
+    dbutils, repo_root = None, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, repo_root)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH")) if p)
+
+import torch
+from pyspark.ml.torch.distributor import TorchDistributor
+
+from penguin_lab import notebook
+from penguin_lab.artifacts import load_model
+from penguin_lab.config import TrainConfig
+from penguin_lab.data import get_spark, prepare_splits
+from penguin_lab.distributed import DistributedJob, gpu_available, torch_rank_main
+from penguin_lab.predict import Predictor
+from penguin_lab.train import evaluate, make_dataset, make_loader
+from penguin_lab.validate import read_penguins_csv
+
+params = notebook.parameters(dbutils)
+spark = get_spark()
+print(params)
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## The data
+# MAGIC
+# MAGIC The same preparation as notebook 1: Spark cleans, encodes and scales the rows, then splits them into a
+# MAGIC training set and a test set with no penguin on both sides.
+
+# COMMAND ----------
+
+config = TrainConfig(epochs=params["epochs"], seed=params["seed"])
+raw, _ = read_penguins_csv(params["data_path"])
+prepared = prepare_splits(spark, raw, config, where=params["data_path"])
+print(prepared.counts)
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## The training function
+# MAGIC
+# MAGIC Every process runs this function. It is the single-node model (`PenguinNet`) and training loop (`fit`, the
+# MAGIC same function notebook 2 uses), with what DDP needs around them:
+# MAGIC
+# MAGIC - `init_process_group` joins the other processes (TorchDistributor sets `RANK`, `WORLD_SIZE` and the address
+# MAGIC   to meet at), with gloo on CPU or nccl on GPU, and a timeout so a process whose peer died does not wait forever;
+# MAGIC - a `DistributedSampler` gives each rank a different share of the training rows, and `set_epoch` reshuffles the
+# MAGIC   shares before every epoch;
+# MAGIC - `DistributedDataParallel` copies rank 0's weights to every rank, then averages the gradients of all ranks
+# MAGIC   during `backward()`, so every rank takes the same step;
+# MAGIC - the learning rate is multiplied by the number of processes: each step now averages that many batches;
+# MAGIC - at the end every rank computes a checksum of its weights and they are gathered, so we can check that all ranks
+# MAGIC   ended with exactly the same model; rank 0 tests it and saves it (into a temporary folder, renamed into place
+# MAGIC   when complete). Every rank returns the same result, because in local mode TorchDistributor returns the value
+# MAGIC   of whichever process finishes last.
+# MAGIC
+# MAGIC When the processes run on worker nodes they must be able to import `penguin_lab`: install this repository
+# MAGIC as a notebook-scoped library first (for example `%pip install /Workspace/<path to this repository>`), and keep
+# MAGIC the results folder on storage every node sees (the default `/dbfs/tmp/penguin-lab`).
+
+# COMMAND ----------
+
+notebook.show_source(torch_rank_main)
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## 2 processes on the driver (`local_mode=True`)
+
+# COMMAND ----------
+
+def report(result):
+    print(f"{result['world_size']} processes, {result['epochs']} epochs in {result['train_seconds']:.1f} s, "
+          f"test accuracy {result['test_accuracy']:.3f}")
+    for rank, checksum in enumerate(result["rank_checksums"]):
+        print(f"rank {rank} weights sha256 {checksum}")
+    assert result["world_size"] == 2 and len(set(result["rank_checksums"])) == 1, "ranks ended with different weights"
+
+
+local_dir = notebook.output_path(params) / "torch-local" / "model"
+job = DistributedJob.from_prepared(prepared, config, model_dir=local_dir)
+distributor = TorchDistributor(num_processes=2, local_mode=True, use_gpu=torch.cuda.is_available())
+local_result = distributor.run(torch_rank_main, job)
+report(local_result)
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## 2 Spark barrier tasks (`local_mode=False`)
+# MAGIC
+# MAGIC The same function, now started by Spark: TorchDistributor runs a barrier stage of 2 tasks, and each task
+# MAGIC starts one training process. This needs 2 free task slots (on your machine the local Spark has 2). On CPU,
+# MAGIC with the same seed, the weights come out the same as with `local_mode=True`.
+
+# COMMAND ----------
+
+barrier_dir = notebook.output_path(params) / "torch-barrier" / "model"
+job = DistributedJob.from_prepared(prepared, config, model_dir=barrier_dir)
+distributor = TorchDistributor(num_processes=2, local_mode=False, use_gpu=gpu_available(spark, local_mode=False))
+barrier_result = distributor.run(torch_rank_main, job)
+report(barrier_result)
+print("same weights as local mode:", barrier_result["rank_checksums"][0] == local_result["rank_checksums"][0])
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Load the model saved by rank 0 and test it
+
+# COMMAND ----------
+
+test_loader = make_loader(make_dataset(prepared.x_test, prepared.y_test), batch_size=config.batch_size)
+for name, model_dir, result in (("local mode", local_dir, local_result), ("barrier tasks", barrier_dir, barrier_result)):
+    test_model, _ = load_model(model_dir)
+    test_loss, test_accuracy = (t.item() for t in evaluate(test_model, test_loader, "cpu"))
+    print(f"{name}: test loss {test_loss:.4f}, accuracy {test_accuracy:.3f} on {len(prepared.y_test)} held-out penguins")
+    assert abs(test_accuracy - result["test_accuracy"]) < 1e-6
+
+# COMMAND ----------
+
+# The lab's new penguin [[1, 50.4, 15.3, 20, 50]]: Biscoe, culmen 50.4 mm x 15.3 mm, flipper 200 mm, 5000 g.
+prediction = Predictor(local_dir).predict("Biscoe", CulmenLength=50.4, CulmenDepth=15.3, FlipperLength=200, BodyMass=5000)
+print("Prediction:", prediction["species"])
