@@ -38,7 +38,7 @@ from penguin_lab import notebook
 from penguin_lab.artifacts import load_model
 from penguin_lab.config import TrainConfig
 from penguin_lab.data import get_spark, prepare_splits
-from penguin_lab.distributed import DistributedJob, horovod_rank_main
+from penguin_lab.distributed import DistributedJob, horovod_rank_main, workers_import_this_package
 from penguin_lab.predict import Predictor
 from penguin_lab.train import evaluate, make_dataset, make_loader
 from penguin_lab.validate import read_penguins_csv
@@ -76,7 +76,7 @@ print(prepared.counts)
 # MAGIC - `np=2`: 2 processes; on Databricks they are Spark tasks on the workers (here, 2 processes on this machine);
 # MAGIC - `run(main, **kwargs)` calls `main(**kwargs)` in every process and returns rank 0's return value.
 # MAGIC
-# MAGIC When the processes run on worker nodes they must be able to import `penguin_lab`: install this repository
+# MAGIC On a cluster with worker nodes, the processes there must import `penguin_lab` as well: install this repository
 # MAGIC as a notebook-scoped library first (for example `%pip install /Workspace/<path to this repository>`), and keep
 # MAGIC the results folder on storage every node sees (the default `/dbfs/tmp/penguin-lab`).
 
@@ -116,7 +116,8 @@ notebook.show_source(horovod_rank_main)
 # MAGIC ## Train with 2 processes
 # MAGIC
 # MAGIC As in the lab: `HorovodRunner(np=2, driver_log_verbosity='all')`, which shows every process's output. Rank 0
-# MAGIC prints its progress every 10 epochs.
+# MAGIC prints its progress every 10 epochs. On Databricks the processes are Spark tasks, whose Python workers do not
+# MAGIC see this notebook's `sys.path`: `workers_import_this_package` puts the repository on their `PYTHONPATH`.
 
 # COMMAND ----------
 
@@ -124,7 +125,8 @@ model_dir = notebook.output_path(params) / "horovod" / "model"
 job = DistributedJob.from_prepared(prepared, config, model_dir=model_dir)
 
 hr = HorovodRunner(np=2, driver_log_verbosity="all")
-result = hr.run(horovod_rank_main, job=job)
+with workers_import_this_package(spark):
+    result = hr.run(horovod_rank_main, job=job)
 
 print(f"{result['world_size']} processes, {result['epochs']} epochs in {result['train_seconds']:.1f} s")
 for rank, checksum in enumerate(result["rank_checksums"]):

@@ -41,7 +41,7 @@ from penguin_lab import notebook
 from penguin_lab.artifacts import load_model
 from penguin_lab.config import TrainConfig
 from penguin_lab.data import get_spark, prepare_splits
-from penguin_lab.distributed import DistributedJob, gpu_available, torch_rank_main
+from penguin_lab.distributed import DistributedJob, gpu_available, torch_rank_main, workers_import_this_package
 from penguin_lab.predict import Predictor
 from penguin_lab.train import evaluate, make_dataset, make_loader
 from penguin_lab.validate import read_penguins_csv
@@ -85,7 +85,7 @@ print(prepared.counts)
 # MAGIC   when complete). Every rank returns the same result, because in local mode TorchDistributor returns the value
 # MAGIC   of whichever process finishes last.
 # MAGIC
-# MAGIC When the processes run on worker nodes they must be able to import `penguin_lab`: install this repository
+# MAGIC On a cluster with worker nodes, the processes there must import `penguin_lab` as well: install this repository
 # MAGIC as a notebook-scoped library first (for example `%pip install /Workspace/<path to this repository>`), and keep
 # MAGIC the results folder on storage every node sees (the default `/dbfs/tmp/penguin-lab`).
 
@@ -120,15 +120,18 @@ report(local_result)
 # MAGIC ## 2 Spark barrier tasks (`local_mode=False`)
 # MAGIC
 # MAGIC The same function, now started by Spark: TorchDistributor runs a barrier stage of 2 tasks, and each task
-# MAGIC starts one training process. This needs 2 free task slots (on your machine the local Spark has 2). On CPU,
-# MAGIC with the same seed, the weights come out the same as with `local_mode=True`.
+# MAGIC starts one training process. This needs 2 free task slots (on your machine the local Spark has 2). Spark's
+# MAGIC Python workers do not see this notebook's `sys.path`, so `workers_import_this_package` puts the repository on
+# MAGIC their `PYTHONPATH` for the call. On CPU, with the same seed, the weights come out the same as with
+# MAGIC `local_mode=True`.
 
 # COMMAND ----------
 
 barrier_dir = notebook.output_path(params) / "torch-barrier" / "model"
 job = DistributedJob.from_prepared(prepared, config, model_dir=barrier_dir)
 distributor = TorchDistributor(num_processes=2, local_mode=False, use_gpu=gpu_available(spark, local_mode=False))
-barrier_result = distributor.run(torch_rank_main, job)
+with workers_import_this_package(spark):
+    barrier_result = distributor.run(torch_rank_main, job)
 report(barrier_result)
 print("same weights as local mode:", barrier_result["rank_checksums"][0] == local_result["rank_checksums"][0])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -262,3 +263,20 @@ def test_cli_rejects_bad_arguments_in_one_line(tmp_path):
     done = run_cli("distributed", "--engine", "torch", "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "x"))
     assert_one_line_error(done, "missing.csv")
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+# --- notebooks ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["04_distributed_horovod.py", "05_distributed_torch_distributor.py"])
+def test_distributed_notebook_runs_top_to_bottom(name, tmp_path):
+    if "horovod" in name:
+        require_horovod()
+    notebook = Path(__file__).resolve().parent.parent / "notebooks" / name
+    env = {**os.environ, "PENGUIN_LAB_OUT": str(tmp_path), "PENGUIN_LAB_EPOCHS": "5", "MPLBACKEND": "Agg"}
+    done = subprocess.run([sys.executable, str(notebook)], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "def horovod_rank_main" in done.stdout or "def torch_rank_main" in done.stdout
+    assert "Prediction:" in done.stdout
+    saved = sorted(p.parent.parent.name for p in tmp_path.glob("*/model/model.safetensors"))
+    assert saved == (["horovod"] if "horovod" in name else ["torch-barrier", "torch-local"])
