@@ -407,12 +407,27 @@ class HorovodRunner:
         echo = self.driver_log_verbosity == "all"
         with capture_worker_output(echo) as output, workers_import_this_package(), \
                 _main_script_not_rerun(), _signal_handlers_kept():
+            driver_env = {key: os.environ.get(key) for key in _GARBLED_BY_HOROVOD_RUN}
             try:
-                results = horovod.runner.run(main, kwargs=kwargs, num_proc=num_proc,
-                                             hosts=f"localhost:{num_proc}", use_gloo=True)
+                results = horovod.runner.run(_with_horovod_settings_restored, args=(main, driver_env, kwargs),
+                                             num_proc=num_proc, hosts=f"localhost:{num_proc}", use_gloo=True)
             except Exception as e:
                 raise failure_error("horovod", output, e) from None
         return results[0]
+
+
+# horovod.runner.run (0.28.1) passes these to every process as the text "(None,)": its argument defaults
+# carry a stray comma. Horovod reads that as 0, which means no pause between background cycles (the
+# background thread then keeps most of a core busy in every process) and no response cache.
+_GARBLED_BY_HOROVOD_RUN = ("HOROVOD_CYCLE_TIME", "HOROVOD_CACHE_CAPACITY")
+
+
+def _with_horovod_settings_restored(main, driver_env: dict, kwargs: dict):
+    """In each process, before main's hvd.init(): put back the driver's values (or Horovod's defaults)."""
+    for key in _GARBLED_BY_HOROVOD_RUN:
+        if os.environ.get(key) == "(None,)":
+            _restore(os.environ, key, driver_env.get(key))
+    return main(**kwargs)
 
 
 def horovod_runner_class():
