@@ -30,10 +30,13 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .config import DEFAULT_DATA, TrainConfig
 from .errors import LabError
+
+if TYPE_CHECKING:  # numpy is imported by the workers, not to register the command
+    import numpy as np
 
 ENGINES = ("horovod", "torch")
 
@@ -48,10 +51,10 @@ FAIL_ON_RANK_ENV = "PENGUIN_LAB_TEST_FAIL_ON_RANK"
 class DistributedJob:
     """Everything one rank needs. The prepared arrays travel with the job: they are small."""
 
-    x_train: "np.ndarray"
-    y_train: "np.ndarray"
-    x_test: "np.ndarray"
-    y_test: "np.ndarray"
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
     island_vocabulary: list
     feature_ranges: dict = field(default_factory=dict)
     epochs: int = TrainConfig.epochs
