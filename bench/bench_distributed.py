@@ -1,6 +1,7 @@
 """Training throughput of 1 and 2 processes, with Horovod and with TorchDistributor.
 
-    python bench/bench_distributed.py [--rows 1000000] [--epochs 3] [--batch-size 4096] [--engines horovod,torch]
+    python bench/bench_distributed.py [--rows 1000000] [--epochs 3] [--batch-sizes 4096,16384,65536]
+                                      [--engines horovod,torch] [--repeat 3]
 
 The 344 real penguins are far too few to measure anything, so this draws a larger synthetic set from
 them: for each species, a Gaussian with the mean and covariance of its four measurements, and the
@@ -31,7 +32,8 @@ sys.path.insert(0, str(REPO))
 from penguin_lab.config import DEFAULT_DATA, FEATURES, ISLAND, LABEL, MEASUREMENTS, SCALE  # noqa: E402
 from penguin_lab.validate import read_penguins_csv  # noqa: E402
 
-GOAL = 1.6
+GOAL = 1.6  # 2 processes against 1, on 2 cores
+
 
 
 def fitted_gaussians(path=DEFAULT_DATA) -> dict:
@@ -103,9 +105,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000, help="synthetic training rows")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=4096, help="rows per batch, per process")
+    parser.add_argument("--batch-sizes", default="4096,16384,65536", help="rows per batch, per process (comma-separated)")
     parser.add_argument("--engines", default="horovod,torch")
-    parser.add_argument("--repeat", type=int, default=1, help="runs of each; the fastest counts")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each; the fastest counts")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     engines = [e for e in args.engines.split(",") if e]
@@ -123,43 +125,45 @@ def main() -> int:
           f"({time.perf_counter() - started:.1f} s to draw)")
     print(f"machine: {machine()}; {versions()}")
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    job = DistributedJob(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
-                         island_vocabulary=fitted["vocabulary"], epochs=args.epochs, batch_size=args.batch_size,
-                         seed=args.seed, progress_every=0)
     spark = get_spark() if "torch" in engines else None
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
 
     results = {}
-    for engine in engines:
-        for processes in (1, 2):
-            best = None
-            for _ in range(args.repeat):
-                if engine == "horovod":
-                    result = run_horovod(job, processes, local_mode=True)
-                else:
-                    result = run_torch(job, processes, local_mode=True, spark=spark)
-                if best is None or result["train_seconds"] < best["train_seconds"]:
-                    best = result
-            rows_per_second = args.rows * args.epochs / best["train_seconds"]
-            results[engine, processes] = rows_per_second
-            print(f"  {engine:<8} {processes} process{'es' if processes > 1 else '  '}: "
-                  f"{best['train_seconds']:7.2f} s, {rows_per_second:12,.0f} rows/s, "
-                  f"test accuracy {best['test_accuracy']:.3f}", flush=True)
+    for batch_size in batch_sizes:
+        job = DistributedJob(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+                             island_vocabulary=fitted["vocabulary"], epochs=args.epochs, batch_size=batch_size,
+                             seed=args.seed, progress_every=0)
+        for engine in engines:
+            for processes in (1, 2):
+                best = None
+                for _ in range(args.repeat):
+                    if engine == "horovod":
+                        result = run_horovod(job, processes, local_mode=True)
+                    else:
+                        result = run_torch(job, processes, local_mode=True, spark=spark)
+                    if best is None or result["train_seconds"] < best["train_seconds"]:
+                        best = result
+                rows_per_second = args.rows * args.epochs / best["train_seconds"]
+                results[batch_size, engine, processes] = rows_per_second
+                print(f"  batch {batch_size:>6}  {engine:<8} {processes} process{'es' if processes > 1 else '  '}: "
+                      f"{best['train_seconds']:7.2f} s, {rows_per_second:12,.0f} rows/s, "
+                      f"test accuracy {best['test_accuracy']:.3f}", flush=True)
 
     print()
-    print(f"| engine | 1 process (rows/s) | 2 processes (rows/s) | 2 vs 1 |")
-    print(f"|---|---:|---:|---:|")
-    below = []
+    print("| batch size per process | engine | 1 process (rows/s) | 2 processes (rows/s) | 2 vs 1 |")
+    print("|---:|---|---:|---:|---:|")
+    for batch_size in batch_sizes:
+        for engine in engines:
+            one, two = results[batch_size, engine, 1], results[batch_size, engine, 2]
+            print(f"| {batch_size} | {engine} | {one:,.0f} | {two:,.0f} | {two / one:.2f}x |")
     for engine in engines:
-        one, two = results[engine, 1], results[engine, 2]
-        print(f"| {engine} | {one:,.0f} | {two:,.0f} | {two / one:.2f}x |")
-        if two / one < GOAL:
-            below.append(engine)
+        reached = [b for b in batch_sizes if results[b, engine, 2] >= GOAL * results[b, engine, 1]]
+        print(f"{engine}: 2 processes reach {GOAL}x the rows per second of 1 "
+              + (f"from batch size {reached[0]}" if reached else "at none of these batch sizes"))
     print()
-    print(f"batch size {args.batch_size} per process, {args.epochs} epochs of {args.rows:,} rows, "
+    print(f"{args.epochs} epochs of {args.rows:,} rows, fastest of {args.repeat} runs each; "
           f"whole benchmark {time.perf_counter() - started:.0f} s; "
           f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    if below:
-        print(f"below the {GOAL}x goal: {', '.join(below)}")
     return 0
 
 
