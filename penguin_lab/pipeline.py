@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .config import DEFAULT_DATA, TrainConfig
+from .errors import LabError
 
 
 def train_model(prepared, config: TrainConfig, progress: bool = False):
@@ -74,11 +75,14 @@ def write_run(out_dir: Path, model, prepared, history, metrics: dict) -> Path:
     from .evaluate import plot_loss, weights_report
 
     summary = {k: v for k, v in metrics.items() if k != "history"}
-    with staged_dir(Path(out_dir)) as staging:
-        save_model(model, staging / "model", prepared.island_vocabulary, prepared.feature_ranges, summary)
-        plt.close(plot_loss(history, staging / "loss.png"))
-        (staging / "weights.txt").write_text(weights_report(model))
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    try:
+        with staged_dir(Path(out_dir)) as staging:
+            save_model(model, staging / "model", prepared.island_vocabulary, prepared.feature_ranges, summary)
+            plt.close(plot_loss(history, staging / "loss.png"))
+            (staging / "weights.txt").write_text(weights_report(model))
+            (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    except OSError as e:  # a full disk or a lost mount: nothing was left behind, say why
+        raise LabError(f"{out_dir}: cannot write the results: {e.strerror or e}; nothing was written") from None
     return Path(out_dir)
 
 
