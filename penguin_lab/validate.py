@@ -105,12 +105,11 @@ def _encoding(head: bytes, path: str) -> str:
         if head.startswith(magic):
             raise LabError(f"{path}: this is {what}; expected a CSV text file")
     if b"\x00" in head:
-        # UTF-16 without a byte order mark: plain ASCII text has every other byte zero.
-        even, odd = head[0::2], head[1::2]
-        if len(head) >= 4 and odd.count(0) == len(odd) and 0 not in even:
-            return "utf-16-le"
-        if len(head) >= 4 and even.count(0) == len(even) and 0 not in odd:
-            return "utf-16-be"
+        # UTF-16 without a byte order mark: it is that if it decodes to text holding the header.
+        for encoding in ("utf-16-le", "utf-16-be"):
+            sample = head[: len(head) // 2 * 2].decode(encoding, errors="replace")
+            if "\x00" not in sample and normalize_name(ISLAND) in normalize_name(sample):
+                return encoding
         raise LabError(f"{path}: this is a binary file; expected a CSV text file")
     controls = sum(head.count(bytes([c])) for c in range(32) if c not in b"\t\n\r\x0b\x0c")
     if controls > len(head) // 100:

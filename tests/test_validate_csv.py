@@ -74,9 +74,9 @@ def test_blank_lines_anywhere_are_skipped_and_rows_keep_their_line_numbers(tmp_p
                                           ("utf-16-be", codecs.BOM_UTF16_BE), ("utf-16-le", b""),
                                           ("utf-16-be", b""), ("utf-32-le", codecs.BOM_UTF32_LE)])
 def test_unicode_files_with_or_without_a_byte_order_mark(tmp_path, encoding, bom):
-    text = GOOD.replace("Dream", "Drëam")
+    text = GOOD.replace("Dream", "Drëam 島")
     frame = read(tmp_path, bom + text.encode(encoding))
-    assert frame["Island"].tolist() == ["Torgersen", "Biscoe", "Drëam"]
+    assert frame["Island"].tolist() == ["Torgersen", "Biscoe", "Drëam 島"]
     assert values(frame)[0] == EXPECTED[0]
 
 
@@ -380,6 +380,14 @@ def test_a_folder_a_missing_file_and_an_unreadable_file(tmp_path):
     path.chmod(0)
     with pytest.raises(LabError, match="cannot open: Permission denied"):
         read_penguins_csv(path)
+
+
+def test_a_file_name_with_a_line_break_still_gives_one_line(tmp_path, capsys):
+    from penguin_lab.cli import main
+
+    assert main(["run", "--data", str(tmp_path / "two\nlines.csv"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"penguin-lab: error: {tmp_path}/two\\nlines.csv: no such file; expected a CSV file\n"
 
 
 def test_a_pipe_is_read_like_a_file(tmp_path):
