@@ -23,19 +23,20 @@
 
 # COMMAND ----------
 
-# In a Databricks Git folder the repository root is already on sys.path; `python notebooks/...` needs it added.
+# Make the `penguin_lab` package importable: it sits in the repository root, the notebook folder's parent.
 import os, sys
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(globals().get("__file__", "notebooks/x")))))
+try:  # on Databricks, dbutils knows where this notebook is
+    notebook_path = dbutils.notebook.entry_point.getDbutils().notebook().getContext().notebookPath().get()
+    repo_root = os.path.dirname(os.path.dirname("/Workspace" + notebook_path))
+except NameError:  # a local `python notebooks/...` run: this file is the notebook
+    dbutils, repo_root = None, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, repo_root)
 
 from penguin_lab import notebook
 from penguin_lab.config import TrainConfig
 from penguin_lab.data import get_spark, prepare_splits, spark_prepare, spark_split
 from penguin_lab.validate import read_penguins_csv
 
-try:
-    dbutils  # defined by Databricks in every notebook
-except NameError:
-    dbutils = None
 params = notebook.parameters(dbutils)
 spark = get_spark()
 print(params)
@@ -76,8 +77,7 @@ notebook.show_source(spark_prepare)
 # COMMAND ----------
 
 config = TrainConfig(epochs=params["epochs"], seed=params["seed"])
-data, islands = spark_prepare(spark, raw)
-print("island index:", {name: i for i, name in enumerate(islands)})
+data = spark_prepare(spark, raw)
 data.show(5)
 
 # COMMAND ----------
@@ -96,6 +96,7 @@ notebook.show_source(spark_split)
 # COMMAND ----------
 
 prepared = prepare_splits(spark, raw, config, where=params["data_path"])
+print("island index:", {name: i for i, name in enumerate(prepared.island_vocabulary)})
 for name, value in prepared.counts.items():
     print(f"{name:>16}: {value}")
 assert prepared.counts["overlap_rows"] == 0, "test rows leaked into training"

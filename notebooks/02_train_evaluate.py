@@ -12,9 +12,14 @@
 
 # COMMAND ----------
 
-# In a Databricks Git folder the repository root is already on sys.path; `python notebooks/...` needs it added.
+# Make the `penguin_lab` package importable: it sits in the repository root, the notebook folder's parent.
 import os, sys
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(globals().get("__file__", "notebooks/x")))))
+try:  # on Databricks, dbutils knows where this notebook is
+    notebook_path = dbutils.notebook.entry_point.getDbutils().notebook().getContext().notebookPath().get()
+    repo_root = os.path.dirname(os.path.dirname("/Workspace" + notebook_path))
+except NameError:  # a local `python notebooks/...` run: this file is the notebook
+    dbutils, repo_root = None, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, repo_root)
 
 import torch
 
@@ -26,10 +31,6 @@ from penguin_lab.model import PenguinNet
 from penguin_lab.pipeline import run_metrics, train_model, write_run
 from penguin_lab.validate import read_penguins_csv
 
-try:
-    dbutils  # defined by Databricks in every notebook
-except NameError:
-    dbutils = None
 params = notebook.parameters(dbutils)
 config = TrainConfig(epochs=params["epochs"], seed=params["seed"])
 print("PyTorch", torch.__version__, "| device:", train.pick_device())

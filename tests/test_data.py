@@ -6,7 +6,7 @@ import pytest
 
 from conftest import DATA, REPO
 from penguin_lab.config import FEATURES, SPECIES, TrainConfig
-from penguin_lab.data import overlap_rows, prepare_splits, spark_prepare
+from penguin_lab.data import island_vocabulary, overlap_rows, prepare_splits, spark_prepare
 
 
 def test_shipped_csv_is_exactly_what_the_script_writes(tmp_path):
@@ -31,13 +31,15 @@ def test_incomplete_rows_are_dropped_and_counted(prepared, raw):
 
 
 def test_island_index_is_the_sorted_vocabulary_whatever_the_row_order(spark, raw):
-    _, islands = spark_prepare(spark, raw)
-    _, islands_reversed = spark_prepare(spark, raw.iloc[::-1].reset_index(drop=True))
+    islands = island_vocabulary(spark_prepare(spark, raw).toPandas())
+    reversed_rows = raw.iloc[::-1].reset_index(drop=True)
+    islands_reversed = island_vocabulary(spark_prepare(spark, reversed_rows).toPandas())
     assert islands == islands_reversed == ["Biscoe", "Dream", "Torgersen"]
 
 
 def test_casts_and_scaling_follow_the_lab(spark, raw):
-    data, islands = spark_prepare(spark, raw)
+    data = spark_prepare(spark, raw)
+    islands = ["Biscoe", "Dream", "Torgersen"]
     first = data.orderBy("Row").first()  # Torgersen,39.1,18.7,181,3750,0
     assert first["IslandIdx"] == islands.index("Torgersen")
     assert first["CulmenLength"] == pytest.approx(39.1, rel=1e-6)
