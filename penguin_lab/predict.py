@@ -11,7 +11,7 @@ import numpy as np
 from .artifacts import load_model
 from .config import ISLAND, MEASUREMENTS
 from .errors import LabError
-from .validate import MAX_MEASUREMENT, MISSING, UNITS, check_measurement, parse_number, short
+from .validate import MISSING, check_measurement, expected_measurement, parse_number, short
 
 # A value this far outside the training range (as a share of that range) gets a warning.
 FAR_OUTSIDE = 0.5
@@ -23,10 +23,6 @@ class InputError(LabError):
     def __init__(self, column: str, detail: str):
         super().__init__(f"{column}: {detail}")
         self.column, self.detail = column, detail
-
-
-def expected_measurement(name: str) -> str:
-    return f"a positive number of {UNITS[name]} below {MAX_MEASUREMENT:g}"
 
 
 def measurement_value(name: str, value) -> float:

@@ -43,13 +43,11 @@ _MAGIC = {  # signatures of files people mistake for CSVs
 }
 
 
-class _Expected:
-    island = "an island name (or empty if unknown)"
-    species = f"0, 1, 2 or a species name ({', '.join(SPECIES)})"
+EXPECTED_SPECIES = f"0, 1, 2 or a species name ({', '.join(SPECIES)})"
 
-    @staticmethod
-    def measurement(column: str) -> str:
-        return f"a positive number of {UNITS[column]} below {MAX_MEASUREMENT:g} (or empty if unknown)"
+
+def expected_measurement(column: str) -> str:
+    return f"a positive number of {UNITS[column]} below {MAX_MEASUREMENT:g}"
 
 
 def short(value: str, limit: int = 40) -> str:
@@ -221,10 +219,10 @@ def _parse_row(fields, position, decimal_comma):
             number = parse_number(value, decimal_comma)
         except ValueError:
             raise _BadValue(column, f"{short(value)} is not a number; expected "
-                                    f"{_Expected.measurement(column)}") from None
+                                    f"{expected_measurement(column)} (or empty if unknown)") from None
         if not check_measurement(number):
             raise _BadValue(column, f"{short(value)} is not a possible measurement; expected "
-                                    f"{_Expected.measurement(column)}")
+                                    f"{expected_measurement(column)} (or empty if unknown)")
         numbers.append(number)
     value = fields[position[LABEL]].strip() if LABEL in position else ""
     if value.lower() in MISSING:
@@ -233,7 +231,7 @@ def _parse_row(fields, position, decimal_comma):
         try:
             numbers.append(float(parse_species(value)))
         except ValueError:
-            raise _BadValue(LABEL, f"{short(value)} is not a species; expected {_Expected.species}") from None
+            raise _BadValue(LABEL, f"{short(value)} is not a species; expected {EXPECTED_SPECIES}") from None
     return island, numbers
 
 
