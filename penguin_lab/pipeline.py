@@ -86,6 +86,15 @@ def write_run(out_dir: Path, model, prepared, history, metrics: dict) -> Path:
     return Path(out_dir)
 
 
+def warm_up_imports() -> None:
+    """Import what training and plotting load on first use (the first optimizer alone pulls in
+    torch._dynamo, over a second), so that it overlaps with the JVM's start."""
+    import torch
+    from matplotlib import pyplot  # noqa: F401
+
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+
+
 def run_lab(data_path=DEFAULT_DATA, out_dir=None, config: TrainConfig = TrainConfig(),
             progress: bool = False, drop_invalid: bool = False) -> dict:
     """The single-node lab end to end. Returns the metrics written to out_dir/metrics.json.
@@ -101,10 +110,10 @@ def run_lab(data_path=DEFAULT_DATA, out_dir=None, config: TrainConfig = TrainCon
     check_output_dir(out_dir)
     # Checking the file takes milliseconds: do it before starting anything, so bad input fails at once.
     raw, invalid_rows = read_penguins_csv(data_path, drop_invalid=drop_invalid)
-    # Start the JVM while Python imports PyTorch: they do not depend on each other.
+    # Start the JVM while Python loads PyTorch and matplotlib: they do not depend on each other.
     with ThreadPoolExecutor(max_workers=1) as pool:
         spark_ready = pool.submit(get_spark)
-        import torch  # noqa: F401
+        warm_up_imports()
         spark = spark_ready.result()
     prepared = prepare_splits(spark, raw, config, where=str(data_path))
     model, history, train_seconds = train_model(prepared, config, progress)
