@@ -112,7 +112,7 @@ def main() -> int:
     args = parser.parse_args()
     engines = [e for e in args.engines.split(",") if e]
 
-    from penguin_lab.data import get_spark
+    from penguin_lab.spark import get_spark
     from penguin_lab.distributed import DistributedJob, horovod_available, run_horovod, run_torch
 
     if "horovod" in engines and not horovod_available():

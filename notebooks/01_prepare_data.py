@@ -49,12 +49,13 @@ print(params)
 # MAGIC The lab downloads `penguins.csv` with `wget`; here it ships with the repository in `data/`. Point the
 # MAGIC `data_path` widget at a copy in DBFS (`dbfs:/...`) or a Unity Catalog volume (`/Volumes/...`) to use that
 # MAGIC instead. Every file goes through one reader that checks it: columns are found by name, and a value that
-# MAGIC is not a number stops the run with the file, row and column. Missing values are kept for now.
+# MAGIC is not a number (or an unknown species) stops the run with the file, row and column; set the
+# MAGIC `drop_invalid` widget to `true` to drop such rows instead (they are counted). Missing values are kept for now.
 
 # COMMAND ----------
 
-raw, invalid_rows = read_penguins_csv(params["data_path"])
-print(f"{len(raw)} rows read from {params['data_path']}")
+raw, invalid_rows = read_penguins_csv(params["data_path"], drop_invalid=params["drop_invalid"])
+print(f"{len(raw)} rows read from {params['data_path']}; {invalid_rows} invalid rows dropped")
 print(raw.head(5).to_string(index=False))
 
 # COMMAND ----------

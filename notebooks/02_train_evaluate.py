@@ -44,7 +44,7 @@ print("PyTorch", torch.__version__, "| device:", train.pick_device())
 
 # COMMAND ----------
 
-raw, invalid_rows = read_penguins_csv(params["data_path"])
+raw, invalid_rows = read_penguins_csv(params["data_path"], drop_invalid=params["drop_invalid"])
 prepared = prepare_splits(get_spark(), raw, config, where=params["data_path"])
 print(f"Training set: {prepared.counts['train_rows']} rows, test set: {prepared.counts['test_rows']} rows")
 
@@ -140,7 +140,7 @@ print(weights_report(model))
 
 # COMMAND ----------
 
-metrics = run_metrics(prepared, history, train_seconds, config, invalid_rows)
+metrics = run_metrics(prepared, history, train_seconds, config, invalid_rows, raw.attrs.get("repeated_header_rows", 0))
 metrics["data"] = params["data_path"]
 write_run(notebook.output_path(params), model, prepared, history, metrics)
 print(f"test accuracy {metrics['test_accuracy']:.4f}; results in {params['output_dir']}")

@@ -42,7 +42,7 @@ model_dir = notebook.output_path(params) / "model"
 
 for path in sorted(model_dir.iterdir()):
     print(f"{path.name:<20} {path.stat().st_size:>7} bytes")
-metadata = json.loads((model_dir / artifacts.METADATA_FILE).read_text())
+metadata = artifacts.read_metadata(model_dir)  # checked field by field, like every load
 print(json.dumps({k: metadata[k] for k in ("features", "island_vocabulary", "scale", "species", "versions")}, indent=2))
 
 # COMMAND ----------

@@ -58,7 +58,7 @@ print(params)
 # COMMAND ----------
 
 config = TrainConfig(epochs=params["epochs"], seed=params["seed"])
-raw, _ = read_penguins_csv(params["data_path"])
+raw, _ = read_penguins_csv(params["data_path"], drop_invalid=params["drop_invalid"])
 prepared = prepare_splits(spark, raw, config, where=params["data_path"])
 print(prepared.counts)
 

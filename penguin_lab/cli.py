@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
+import signal
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +26,26 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
+def seed_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < 2**32:  # what every random generator involved accepts
+        raise argparse.ArgumentTypeError(f"{text!r} must be from 0 to {2**32 - 1}")
+    return value
+
+
 def default_out() -> Path:
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
 
@@ -35,8 +58,9 @@ def cmd_run(args) -> int:
     out = Path(args.out) if args.out else default_out()
     metrics = run_lab(args.data, out, config, progress=sys.stderr.isatty(), drop_invalid=args.drop_invalid)
     print(f"test accuracy {metrics['test_accuracy']:.4f} on {metrics['test_rows']} held-out penguins "
-          f"({metrics['train_rows']} training rows, {metrics['overlap_rows']} overlapping, "
-          f"{metrics['incomplete_rows']} incomplete dropped)")
+          f"({metrics['train_rows']} training rows, {metrics['overlap_rows']} overlapping)")
+    print(f"rows read {metrics['input_rows']}; not trained on: {metrics['incomplete_rows']} incomplete, "
+          f"{metrics['invalid_rows']} invalid, {metrics['duplicate_rows']} duplicate")
     print(f"final loss: training {metrics['final_train_loss']:.4f}, validation {metrics['final_val_loss']:.4f}; "
           f"{metrics['epochs']} epochs in {metrics['train_seconds']:.2f} s, whole run {metrics['total_seconds']:.2f} s")
     print(f"results in {out}/: metrics.json, loss.png, weights.txt, model/")
@@ -75,7 +99,9 @@ def _predict_csv(predictor, args) -> int:
     from .validate import read_penguins_csv
 
     frame, invalid = read_penguins_csv(args.csv, require_label=False, drop_invalid=args.drop_invalid)
-    results = predictor.predict_frame(frame)
+    results = predictor.predict_frame(frame, where=args.csv, drop_invalid=args.drop_invalid)
+    if invalid:
+        print(f"warning: {invalid} invalid rows of {args.csv} dropped (--drop-invalid)", file=sys.stderr)
     for result in results:
         for warning in result["warnings"]:
             print(f"warning: row {result['row']}: {warning}", file=sys.stderr)
@@ -100,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="results folder (default: runs/<timestamp>)")
     run.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs)
     run.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size)
-    run.add_argument("--seed", type=int, default=TrainConfig.seed)
-    run.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
+    run.add_argument("--seed", type=seed_int, default=TrainConfig.seed)
+    run.add_argument("--learning-rate", type=positive_float, default=TrainConfig.learning_rate)
     run.add_argument("--oversample", type=positive_int, default=TrainConfig.oversample,
                      help="copies of each training row (the lab used 4); test rows are never copied")
     run.add_argument("--drop-invalid", action="store_true", help="drop rows with invalid values instead of stopping")
@@ -135,23 +161,48 @@ def _plugins():
     return registers
 
 
+def one_line(text: str, limit: int = 2000) -> str:
+    """A message as exactly one line: line breaks and other control characters shown escaped."""
+    text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _interrupt_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # so `kill` (or a cancelled job) cleans up exactly like Ctrl-C
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    try:
+        previous = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args) or 0
+        with _sigterm_as_interrupt():
+            return args.func(args) or 0
     except LabError as e:
         if args.debug:
             raise
-        print(f"penguin-lab: error: {e}", file=sys.stderr)
+        print(f"penguin-lab: error: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("penguin-lab: interrupted; nothing was written", file=sys.stderr)
+        print("penguin-lab: interrupted; results are written only when a run completes", file=sys.stderr)
         return 130
     except Exception as e:  # an unexpected failure still gets one line; --debug shows where
         if args.debug:
             raise
-        print(f"penguin-lab: error: {e.__class__.__name__}: {e} (run with --debug for details)", file=sys.stderr)
+        print(f"penguin-lab: error: {one_line(f'{e.__class__.__name__}: {e}')} (run with --debug for details)",
+              file=sys.stderr)
         return 1
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,36 +11,8 @@ import pandas as pd
 
 from .config import FEATURES, ISLAND, LABEL, MEASUREMENTS, SCALE, TrainConfig
 from .errors import LabError
+from .spark import get_spark  # noqa: F401  (re-exported for the notebooks)
 from .validate import read_penguins_csv  # noqa: F401  (re-exported: the one way CSVs are read)
-
-_LOG4J = Path(__file__).with_name("log4j2.properties")
-
-
-def get_spark():
-    """The notebook's Spark session on Databricks; an embedded local one elsewhere."""
-    from pyspark.sql import SparkSession
-
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        return active
-    # Python tasks (TorchDistributor's barrier tasks) must run in this interpreter, not `python3` on PATH.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    spark = (
-        SparkSession.builder.master(os.environ.get("PENGUIN_LAB_SPARK_MASTER", "local[2]"))
-        .appName("penguin-lab")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        # A short-lived JVM on small data: the quick first-tier compiler and a serial GC start faster
-        # than the optimizing compiler pays back.
-        .config("spark.driver.extraJavaOptions",
-                f"-Dlog4j2.configurationFile=file:{_LOG4J} -XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
-        .getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("ERROR")
-    return spark
-
 
 @dataclass
 class PreparedData:

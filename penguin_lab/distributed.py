@@ -583,7 +583,7 @@ def run_torch(job: DistributedJob, num_processes: int, local_mode: bool = True, 
     from pyspark.ml.torch.distributor import TorchDistributor
 
     if spark is None:
-        from .data import get_spark
+        from .spark import get_spark
         spark = get_spark()
     if not local_mode:
         slots = task_slots(spark)
@@ -609,7 +609,7 @@ def run_torch(job: DistributedJob, num_processes: int, local_mode: bool = True, 
 
 def train_distributed(prepared, out_dir, engine: str = "torch", num_processes: int = 2, local_mode: bool = True,
                       config: TrainConfig = TrainConfig(), spark=None, echo: bool = False,
-                      fail_on_rank=None) -> dict:
+                      fail_on_rank=None, extra_metrics: dict | None = None) -> dict:
     """Train on `prepared` with `engine`; write out_dir/metrics.json and out_dir/model/ all at once.
 
     Nothing appears under out_dir unless every rank finished and all ranks ended with identical
@@ -635,6 +635,7 @@ def train_distributed(prepared, out_dir, engine: str = "torch", num_processes: i
             "local_mode": local_mode,
             "num_processes": num_processes,
             **prepared.counts,
+            **(extra_metrics or {}),
             "config": config.to_dict(),
             "total_seconds": round(time.perf_counter() - started, 4),
             "history": result["history"],
@@ -644,7 +645,8 @@ def train_distributed(prepared, out_dir, engine: str = "torch", num_processes: i
 
 
 def cmd_distributed(args) -> int:
-    from .data import get_spark, prepare_splits
+    from .data import prepare_splits
+    from .spark import get_spark
     from .validate import read_penguins_csv
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
@@ -653,13 +655,14 @@ def cmd_distributed(args) -> int:
         raise LabError("Horovod is not installed: run `make horovod` (builds it once for this PyTorch), "
                        "or use --engine torch")
     fail_on_rank = _fail_on_rank_from_env()
-    raw, _invalid_rows = read_penguins_csv(args.data)
+    raw, invalid_rows = read_penguins_csv(args.data, drop_invalid=args.drop_invalid)
     spark = get_spark()
     prepared = prepare_splits(spark, raw, config, where=str(args.data))
     # Workers' output (with --verbose) goes to stderr: stdout is for the summary.
     with contextlib.redirect_stdout(sys.stderr):
         metrics = train_distributed(prepared, out, args.engine, args.np, args.local_mode, config, spark,
-                                    echo=args.verbose, fail_on_rank=fail_on_rank)
+                                    echo=args.verbose, fail_on_rank=fail_on_rank,
+                                    extra_metrics={"invalid_rows": invalid_rows, "data": str(args.data)})
     mode = "processes on this machine" if args.local_mode else "Spark tasks"
     print(f"{args.engine}: {metrics['world_size']} {mode}, test accuracy {metrics['test_accuracy']:.4f} "
           f"on {metrics['test_rows']} held-out penguins; {metrics['epochs']} epochs in "
@@ -686,7 +689,7 @@ def _fail_on_rank_from_env():
 
 
 def register(subparsers) -> None:
-    from .cli import positive_int
+    from .cli import positive_int, seed_int
 
     parser = subparsers.add_parser(
         "distributed", help="train with several processes: Horovod (as in the lab) or TorchDistributor",
@@ -701,7 +704,9 @@ def register(subparsers) -> None:
     parser.add_argument("--out", help="results folder (default: runs/<timestamp>-<engine>)")
     parser.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs)
     parser.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size, help="rows per batch, per process")
-    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("--seed", type=seed_int, default=TrainConfig.seed)
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="penguin CSV (default: the shipped data)")
+    parser.add_argument("--drop-invalid", action="store_true", help="drop rows with invalid values instead of stopping")
+    parser.add_argument("--drop-invalid", action="store_true", help="drop rows with invalid values instead of stopping")
     parser.add_argument("--verbose", action="store_true", help="show the workers' output (on stderr)")
     parser.set_defaults(func=cmd_distributed)

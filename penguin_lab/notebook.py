@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from .config import DEFAULT_DATA, TrainConfig
+from .errors import LabError
 
 ON_DATABRICKS = "DATABRICKS_RUNTIME_VERSION" in os.environ
 
@@ -16,6 +17,7 @@ PARAMETERS = {
     "output_dir": ("Results folder", "PENGUIN_LAB_OUT", "runs/notebooks", "/dbfs/tmp/penguin-lab"),
     "epochs": ("Epochs", "PENGUIN_LAB_EPOCHS", str(TrainConfig.epochs), str(TrainConfig.epochs)),
     "seed": ("Random seed", "PENGUIN_LAB_SEED", str(TrainConfig.seed), str(TrainConfig.seed)),
+    "drop_invalid": ("Drop rows with invalid values (true/false)", "PENGUIN_LAB_DROP_INVALID", "false", "false"),
 }
 
 
@@ -29,9 +31,23 @@ def parameters(dbutils=None) -> dict:
         else:
             values[name] = os.environ.get(env, local_default)
     values["data_path"] = file_path(values["data_path"])
-    values["epochs"] = int(values["epochs"])
-    values["seed"] = int(values["seed"])
+    values["epochs"] = _whole_number("epochs", values["epochs"], low=1)
+    values["seed"] = _whole_number("seed", values["seed"], low=0)
+    flag = values["drop_invalid"].strip().lower()
+    if flag not in ("true", "false", "yes", "no", "1", "0", ""):
+        raise LabError(f"parameter drop_invalid: {flag!r} is not true or false; expected true or false")
+    values["drop_invalid"] = flag in ("true", "yes", "1")
     return values
+
+
+def _whole_number(name: str, text: str, low: int) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise LabError(f"parameter {name}: {text!r} is not a whole number; expected a number >= {low}") from None
+    if value < low:
+        raise LabError(f"parameter {name}: {value} is too small; expected a number >= {low}")
+    return value
 
 
 def file_path(path: str) -> str:

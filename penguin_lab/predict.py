@@ -3,16 +3,46 @@
 from __future__ import annotations
 
 import math
+import numbers
 from pathlib import Path
 
 import numpy as np
 
 from .artifacts import load_model
-from .config import MEASUREMENTS
+from .config import ISLAND, MEASUREMENTS
 from .errors import LabError
+from .validate import MISSING, check_measurement, expected_measurement, parse_number, short
 
 # A value this far outside the training range (as a share of that range) gets a warning.
 FAR_OUTSIDE = 0.5
+
+
+class InputError(LabError):
+    """A bad prediction input. `column` and `detail` let a CSV caller put the file and row in front."""
+
+    def __init__(self, column: str, detail: str):
+        super().__init__(f"{column}: {detail}")
+        self.column, self.detail = column, detail
+
+
+def measurement_value(name: str, value) -> float:
+    """A measurement as a float: a number, or text such as '39.1' (or '39,1'); InputError otherwise."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in MISSING):
+        raise InputError(name, f"missing; expected {expected_measurement(name)}")
+    if isinstance(value, str):
+        try:
+            number = parse_number(value.strip(), decimal_comma=True)
+        except ValueError:
+            raise InputError(name, f"{short(value)} is not a number; expected {expected_measurement(name)}") from None
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        raise InputError(name, f"{short(repr(value))} is not a number; expected {expected_measurement(name)}")
+    if math.isnan(number):
+        raise InputError(name, f"NaN is not a measurement; expected {expected_measurement(name)}")
+    if not check_measurement(number):
+        raise InputError(name, f"{number:g} is not a possible measurement; expected {expected_measurement(name)}")
+    return number
 
 
 class Predictor:
@@ -22,28 +52,29 @@ class Predictor:
         self.species = self.metadata["species"]
         self.scale = self.metadata["scale"]
 
+    def island_index(self, island) -> int:
+        """The model's number for an island name (exact, or the one name that matches ignoring case)."""
+        if island in self.islands:
+            return self.islands.index(island)
+        text = str(island).strip() if island is not None else ""
+        matches = [i for i, name in enumerate(self.islands) if name.lower() == text.lower()]
+        if len(matches) != 1:
+            what = "missing" if not text else f"unknown island {short(text)}"
+            raise InputError(ISLAND, f"{what}; expected one of {', '.join(self.islands)}")
+        return matches[0]
+
     def encode(self, island: str, measurements: dict) -> tuple[np.ndarray, list]:
         """One row of model inputs, plus warnings for values far from the training data."""
-        if island not in self.islands:
-            matches = [name for name in self.islands if name.lower() == str(island).strip().lower()]
-            if len(matches) != 1:
-                raise LabError(f"unknown island {island!r}; known islands: {', '.join(self.islands)}")
-            island = matches[0]
-        row, warnings = [float(self.islands.index(island))], []
+        row, warnings = [float(self.island_index(island))], []
+        ranges = self.metadata.get("feature_ranges", {})
         for name in MEASUREMENTS:
-            value = measurements.get(name)
-            if value is None:
-                raise LabError(f"missing measurement {name}")
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                raise LabError(f"{name}: {value!r} is not a number") from None
-            if not math.isfinite(value) or value <= 0:
-                raise LabError(f"{name}: {value!r} must be a positive number")
-            low, high = self.metadata.get("feature_ranges", {}).get(name, (None, None))
-            if low is not None and not (low - FAR_OUTSIDE * (high - low) <= value <= high + FAR_OUTSIDE * (high - low)):
-                warnings.append(f"{name} {value:g} is far outside the training range {low:g}..{high:g}; "
-                                f"the prediction may be unreliable")
+            value = measurement_value(name, measurements.get(name))
+            if name in ranges:
+                low, high = ranges[name]
+                margin = FAR_OUTSIDE * (high - low)
+                if not low - margin <= value <= high + margin:
+                    warnings.append(f"{name} {value:g} is far outside the training range {low:g}..{high:g}; "
+                                    f"the prediction may be unreliable")
             row.append(value * float(self.scale[name]))
         return np.asarray(row, dtype=np.float32), warnings
 
@@ -61,16 +92,23 @@ class Predictor:
                 "probabilities": {name: float(p) for name, p in zip(self.species, probs)},
                 "warnings": warnings}
 
-    def predict_frame(self, frame) -> list[dict]:
-        """Predictions for every complete row of a frame read by validate.read_penguins_csv."""
+    def predict_frame(self, frame, where: str = "data", drop_invalid: bool = False) -> list[dict]:
+        """Predictions for every complete row of a frame read by validate.read_penguins_csv.
+
+        A row this model cannot score (an island it does not know) is an error naming `where`, the
+        row and the column, or with drop_invalid a result without a species and with a warning.
+        """
         results = []
         for record in frame.to_dict("records"):
-            if record["Island"] is None or any(math.isnan(record[m]) for m in MEASUREMENTS):
-                results.append({"row": int(record["Row"]), "species": None, "probabilities": {}, "warnings": ["incomplete row"]})
+            row = int(record["Row"])
+            if record[ISLAND] is None or any(math.isnan(record[m]) for m in MEASUREMENTS):
+                results.append({"row": row, "species": None, "probabilities": {}, "warnings": ["incomplete row"]})
                 continue
             try:
-                result = self.predict(record["Island"], **{m: record[m] for m in MEASUREMENTS})
-            except LabError as e:
-                raise LabError(f"row {int(record['Row'])}: {e}") from None
-            results.append({"row": int(record["Row"]), **result})
+                result = self.predict(record[ISLAND], **{m: record[m] for m in MEASUREMENTS})
+            except InputError as e:
+                if not drop_invalid:
+                    raise LabError(f"{where}: row {row}, column {e.column!r}: {e.detail}") from None
+                result = {"species": None, "probabilities": {}, "warnings": [f"dropped: {e}"]}
+            results.append({"row": row, **result})
         return results

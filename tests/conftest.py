@@ -43,6 +43,30 @@ def lab_run(tmp_path_factory):
     return out, result
 
 
+@pytest.fixture(scope="session")
+def saved_model(tmp_path_factory):
+    """A valid model folder, saved without Spark or training: seeded weights, the shipped data's ranges."""
+    import torch
+
+    from penguin_lab.artifacts import save_model
+    from penguin_lab.data import measurement_ranges
+    from penguin_lab.model import PenguinNet
+    from penguin_lab.validate import read_penguins_csv
+
+    torch.manual_seed(0)
+    frame, _ = read_penguins_csv(DATA)
+    folder = tmp_path_factory.mktemp("saved") / "model"
+    return save_model(PenguinNet(), folder, ["Biscoe", "Dream", "Torgersen"], measurement_ranges(frame))
+
+
+@pytest.fixture
+def model_dir(saved_model, tmp_path):
+    """A copy of saved_model that a test may damage."""
+    import shutil
+
+    return Path(shutil.copytree(saved_model, tmp_path / "model"))
+
+
 def run_cli(*args, timeout=600, env=None, cwd=None):
     """Run `penguin-lab ARGS` in a fresh Python process, as a user would."""
     full_env = {**os.environ, **(env or {})}

@@ -44,3 +44,21 @@ def test_bad_arguments_and_missing_data_are_one_line(tmp_path):
 def test_debug_shows_the_traceback(tmp_path):
     result = run_cli("--debug", "run", "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "out"))
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_learning_rate_and_seed_are_checked_before_anything_starts(capsys):
+    """NaN or negative learning rates and seeds no generator accepts used to fail deep inside PyTorch."""
+    import pytest
+
+    from penguin_lab.cli import main
+
+    for args, fragment in [(["--learning-rate", "nan"], "'nan' must be a positive number"),
+                           (["--learning-rate", "-0.1"], "'-0.1' must be a positive number"),
+                           (["--learning-rate", "fast"], "'fast' is not a number"),
+                           (["--seed", "-1"], "'-1' must be from 0 to 4294967295"),
+                           (["--seed", str(2**64)], "must be from 0 to 4294967295")]:
+        with pytest.raises(SystemExit) as exit_:
+            main(["run", *args])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert fragment in err and "Traceback" not in err

@@ -50,3 +50,20 @@ def test_single_node_notebooks_run_and_match_the_command_line(tmp_path):
     assert comparable(tmp_path / "notebooks") == comparable(tmp_path / "cli")
     weights = "model/model.safetensors"
     assert (tmp_path / "notebooks" / weights).read_bytes() == (tmp_path / "cli" / weights).read_bytes()
+
+
+def test_notebook_parameters_are_checked(monkeypatch):
+    """A bad widget value is one clear error, not a ValueError traceback from int()."""
+    from penguin_lab import notebook
+    from penguin_lab.errors import LabError
+
+    monkeypatch.setenv("PENGUIN_LAB_DROP_INVALID", "TRUE")
+    assert notebook.parameters()["drop_invalid"] is True
+    for name, value, message in [("PENGUIN_LAB_EPOCHS", "ten", "parameter epochs: 'ten' is not a whole number"),
+                                 ("PENGUIN_LAB_EPOCHS", "0", "parameter epochs: 0 is too small"),
+                                 ("PENGUIN_LAB_SEED", "-1", "parameter seed: -1 is too small"),
+                                 ("PENGUIN_LAB_DROP_INVALID", "maybe", "parameter drop_invalid: 'maybe'")]:
+        with monkeypatch.context() as env:
+            env.setenv(name, value)
+            with pytest.raises(LabError, match=message):
+                notebook.parameters()
