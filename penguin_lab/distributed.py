@@ -707,6 +707,5 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=seed_int, default=TrainConfig.seed)
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="penguin CSV (default: the shipped data)")
     parser.add_argument("--drop-invalid", action="store_true", help="drop rows with invalid values instead of stopping")
-    parser.add_argument("--drop-invalid", action="store_true", help="drop rows with invalid values instead of stopping")
     parser.add_argument("--verbose", action="store_true", help="show the workers' output (on stderr)")
     parser.set_defaults(func=cmd_distributed)
