@@ -82,11 +82,13 @@ def machine() -> str:
         pass
     memory = ""
     try:
-        kib = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
+        total = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+        kib = int(total.split()[1])
         memory = f", {kib / 2**20:.0f} GiB"
     except (OSError, StopIteration):
         pass
-    return f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores{memory}, Python {platform.python_version()}"
+    return (f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores{memory}, "
+            f"Python {platform.python_version()}")
 
 
 def versions() -> str:
@@ -105,7 +107,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000, help="synthetic training rows")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-sizes", default="4096,16384,65536", help="rows per batch, per process (comma-separated)")
+    parser.add_argument("--batch-sizes", default="4096,16384,65536",
+                        help="rows per batch, per process (comma-separated)")
     parser.add_argument("--engines", default="horovod,torch")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each; the fastest counts")
     parser.add_argument("--seed", type=int, default=0)

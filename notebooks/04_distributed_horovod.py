@@ -152,5 +152,6 @@ assert abs(test_accuracy - result["test_accuracy"]) < 1e-6
 # COMMAND ----------
 
 # The lab's new penguin [[1, 50.4, 15.3, 20, 50]]: Biscoe, culmen 50.4 mm x 15.3 mm, flipper 200 mm, 5000 g.
-prediction = Predictor(model_dir).predict("Biscoe", CulmenLength=50.4, CulmenDepth=15.3, FlipperLength=200, BodyMass=5000)
+prediction = Predictor(model_dir).predict("Biscoe", CulmenLength=50.4, CulmenDepth=15.3,
+                                          FlipperLength=200, BodyMass=5000)
 print("Prediction:", prediction["species"])

@@ -73,8 +73,9 @@ print(prepared.counts)
 # MAGIC Every process runs this function. It is the single-node model (`PenguinNet`) and training loop (`fit`, the
 # MAGIC same function notebook 2 uses), with what DDP needs around them:
 # MAGIC
-# MAGIC - `init_process_group` joins the other processes (TorchDistributor sets `RANK`, `WORLD_SIZE` and the address
-# MAGIC   to meet at), with gloo on CPU or nccl on GPU, and a timeout so a process whose peer died does not wait forever;
+# MAGIC - `init_process_group` joins the other processes (TorchDistributor sets `RANK`, `WORLD_SIZE` and the
+# MAGIC   address to meet at), with gloo on CPU or nccl on GPU, and a timeout so a process whose peer died does not
+# MAGIC   wait forever;
 # MAGIC - a `DistributedSampler` gives each rank a different share of the training rows, and `set_epoch` reshuffles the
 # MAGIC   shares before every epoch;
 # MAGIC - `DistributedDataParallel` copies rank 0's weights to every rank, then averages the gradients of all ranks
@@ -143,14 +144,17 @@ print("same weights as local mode:", barrier_result["rank_checksums"][0] == loca
 # COMMAND ----------
 
 test_loader = make_loader(make_dataset(prepared.x_test, prepared.y_test), batch_size=config.batch_size)
-for name, model_dir, result in (("local mode", local_dir, local_result), ("barrier tasks", barrier_dir, barrier_result)):
+runs = (("local mode", local_dir, local_result), ("barrier tasks", barrier_dir, barrier_result))
+for name, model_dir, result in runs:
     test_model, _ = load_model(model_dir)
     test_loss, test_accuracy = (t.item() for t in evaluate(test_model, test_loader, "cpu"))
-    print(f"{name}: test loss {test_loss:.4f}, accuracy {test_accuracy:.3f} on {len(prepared.y_test)} held-out penguins")
+    print(f"{name}: test loss {test_loss:.4f}, accuracy {test_accuracy:.3f} "
+          f"on {len(prepared.y_test)} held-out penguins")
     assert abs(test_accuracy - result["test_accuracy"]) < 1e-6
 
 # COMMAND ----------
 
 # The lab's new penguin [[1, 50.4, 15.3, 20, 50]]: Biscoe, culmen 50.4 mm x 15.3 mm, flipper 200 mm, 5000 g.
-prediction = Predictor(local_dir).predict("Biscoe", CulmenLength=50.4, CulmenDepth=15.3, FlipperLength=200, BodyMass=5000)
+prediction = Predictor(local_dir).predict("Biscoe", CulmenLength=50.4, CulmenDepth=15.3,
+                                          FlipperLength=200, BodyMass=5000)
 print("Prediction:", prediction["species"])

@@ -7,7 +7,7 @@ checksums of every rank's weights.
 
 - Horovod: on Databricks Runtime ML up to 15.4 LTS, sparkdl.HorovodRunner starts the processes as
   Spark tasks. Elsewhere HorovodRunner below has the same interface and starts real Horovod processes
-  on this machine with horovod.runner.run over gloo. Horovod is deprecated upstream.
+  on this machine with horovod.runner.run over gloo. Databricks has deprecated both.
 - TorchDistributor (what Databricks recommends now): local_mode=True starts the processes on the
   driver; local_mode=False starts them in Spark barrier tasks (with a local[N] master, on this machine).
 
@@ -193,6 +193,9 @@ class DistributedTrainingError(LabError):
         self.error = error
 
 
+_HOROVOD_USER_ERROR = re.compile(r"\[(\d+)\]<stderr>:User function raise error: ?(.*)")
+
+
 def failure_error(engine: str, output: "WorkerOutput", exception: BaseException) -> DistributedTrainingError:
     """Turn an engine's exception into one line. The first rank to fail is the cause: the others
     usually fail afterwards only because their peer went away."""
@@ -202,18 +205,16 @@ def failure_error(engine: str, output: "WorkerOutput", exception: BaseException)
         first = min(reports, key=lambda report: report.get("time", float("inf")))
         return DistributedTrainingError(f"{engine} training failed: rank {first['rank']}: {first['error']}",
                                         rank=first["rank"], error=first["error"])
-    # A function without report_failure, run by horovod.runner: its worker prints this line.
+    # A function without report_failure, run by horovod.runner: its worker prints this line, and the
+    # traceback follows on the same line.
     raised = _HOROVOD_USER_ERROR.search(text)
     if raised:
-        message = raised.group(2).split("Traceback (most recent call last):")[0]  # the traceback follows on the same line
+        message = raised.group(2).split("Traceback (most recent call last):")[0]
         rank, error = int(raised.group(1)), _shorten(message.strip() or "(no message)")
         return DistributedTrainingError(f"{engine} training failed: rank {rank}: {error}", rank=rank, error=error)
     lines = [line.strip() for line in str(exception).splitlines() if line.strip()]
     summary = _shorten(lines[0] if lines else type(exception).__name__)
     return DistributedTrainingError(f"{engine} training failed: {summary}", error=summary)
-
-
-_HOROVOD_USER_ERROR = re.compile(r"\[(\d+)\]<stderr>:User function raise error: ?(.*)")
 
 
 def _shorten(text: str, limit: int = 300) -> str:
@@ -703,7 +704,8 @@ def register(subparsers) -> None:
                              "(torch) / HorovodRunner np>0 (horovod)")
     parser.add_argument("--out", help="results folder (default: runs/<timestamp>-<engine>)")
     parser.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs)
-    parser.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size, help="rows per batch, per process")
+    parser.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size,
+                        help="rows per batch, per process")
     parser.add_argument("--seed", type=seed_int, default=TrainConfig.seed)
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="penguin CSV (default: the shipped data)")
     parser.add_argument("--drop-invalid", action="store_true", help="drop rows with invalid values instead of stopping")

@@ -86,7 +86,8 @@ def strays(before: dict, wait_seconds: float = 15.0) -> dict:
     """Processes started during the run that are still alive after a short grace period."""
     deadline = time.monotonic() + wait_seconds
     while True:
-        left = {pid: cmd for pid, cmd in process_tree().items() if pid not in before and not lives_as_long_as_this_process(cmd)}
+        left = {pid: cmd for pid, cmd in process_tree().items()
+                if pid not in before and not lives_as_long_as_this_process(cmd)}
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.5)
@@ -213,7 +214,8 @@ def test_horovod_runner_rejects_what_sparkdl_rejects():
 def test_the_first_rank_to_fail_is_named():
     output = WorkerOutput(echo=False)
     output.stream(sys.stderr).write(
-        '[0]<stderr>:[penguin-lab:rank-failed] {"rank": 0, "time": 20.5, "error": "RuntimeError: Connection closed by peer"}\n'
+        '[0]<stderr>:[penguin-lab:rank-failed] '
+        '{"rank": 0, "time": 20.5, "error": "RuntimeError: Connection closed by peer"}\n'
         'noise\n[1]<stderr>:[penguin-lab:rank-failed] {"rank": 1, "time": 20.1, "error": "ValueError: bad row"}\n')
     error = failure_error("horovod", output, RuntimeError("Horovod detected that one or more processes exited"))
     assert str(error) == "horovod training failed: rank 1: ValueError: bad row"
@@ -260,7 +262,8 @@ def test_cli_failure_is_one_line_exit_2_and_writes_nothing(tmp_path):
 def test_cli_rejects_bad_arguments_in_one_line(tmp_path):
     done = run_cli("distributed", "--engine", "torch", "--np", "0")
     assert done.returncode == 2 and "'0' must be at least 1" in done.stderr
-    done = run_cli("distributed", "--engine", "torch", "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "x"))
+    done = run_cli("distributed", "--engine", "torch", "--data", str(tmp_path / "missing.csv"),
+                   "--out", str(tmp_path / "x"))
     assert_one_line_error(done, "missing.csv")
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
 
