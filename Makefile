@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: install run test horovod bench notebooks data clean
+.PHONY: install run test horovod bench bench-distributed notebooks data clean
 
 install: $(STAMP)
 
@@ -28,7 +28,10 @@ test: install horovod
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: install
-	$(BIN)/python bench/bench_lab.py $(ARGS)
+	$(BIN)/python bench/bench_lab.py --repeat 2 $(ARGS)
+
+bench-distributed: install horovod
+	$(BIN)/python bench/bench_distributed.py $(ARGS)
 
 # Run the notebooks top to bottom, locally, as plain Python.
 notebooks: install
