@@ -151,14 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _plugins():
-    """Subcommands that live in their own modules."""
-    registers = []
-    for module in ("distributed", "workspace"):
-        try:
-            registers.append(__import__(f"penguin_lab.{module}", fromlist=["register"]).register)
-        except (ImportError, AttributeError):
-            pass
-    return registers
+    """Subcommands that live in their own modules (each imports its heavy libraries only when run)."""
+    from . import distributed, workspace
+
+    return [distributed.register, workspace.register]
 
 
 def one_line(text: str, limit: int = 2000) -> str:
