@@ -6,13 +6,12 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import signal
 import sys
 from datetime import datetime
 from pathlib import Path
 
-from .config import DEFAULT_DATA, MEASUREMENTS, TrainConfig
+from .config import DEFAULT_DATA, TrainConfig
 from .errors import LabError
 
 

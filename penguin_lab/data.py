@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,6 +11,7 @@ from .config import FEATURES, ISLAND, LABEL, MEASUREMENTS, SCALE, TrainConfig
 from .errors import LabError
 from .spark import get_spark  # noqa: F401  (re-exported for the notebooks)
 from .validate import read_penguins_csv  # noqa: F401  (re-exported: the one way CSVs are read)
+
 
 @dataclass
 class PreparedData:

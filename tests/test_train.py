@@ -1,6 +1,5 @@
 """The training loop: device handling, loaders without worker processes, determinism, quality."""
 
-import hashlib
 import json
 
 import numpy as np
@@ -8,16 +7,10 @@ import pytest
 import torch
 
 from penguin_lab.config import TrainConfig
+from penguin_lab.distributed import state_checksum
 from penguin_lab.model import PenguinNet
 from penguin_lab.pipeline import train_model
 from penguin_lab.train import evaluate, make_dataset, make_loader, train_one_epoch
-
-
-def _weights_digest(model) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode() + tensor.cpu().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def test_batches_follow_the_model_to_its_device(prepared):
@@ -52,10 +45,10 @@ def test_same_seed_same_weights_and_metrics(prepared):
     config = TrainConfig(epochs=5)
     first, history1, _ = train_model(prepared, config)
     second, history2, _ = train_model(prepared, config)
-    assert _weights_digest(first) == _weights_digest(second)
+    assert state_checksum(first) == state_checksum(second)
     assert json.dumps(history1.to_dict()) == json.dumps(history2.to_dict())
     other, _, _ = train_model(prepared, TrainConfig(epochs=5, seed=1))
-    assert _weights_digest(other) != _weights_digest(first)
+    assert state_checksum(other) != state_checksum(first)
 
 
 def test_loss_falls(prepared):
