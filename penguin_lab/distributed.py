@@ -106,7 +106,8 @@ def state_checksum(model) -> str:
 
 def rank_report(model, rank: int, history, train_seconds: float, train_rows: int) -> dict:
     """What each rank contributes to the result; every rank's report is gathered before the end."""
-    return {"rank": rank, "pid": os.getpid(), "checksum": state_checksum(model),
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {"rank": rank, "pid": os.getpid(), "cpus": cpus, "checksum": state_checksum(model),
             "train_seconds": train_seconds, "train_rows": train_rows,
             "final_train_loss": history.train_loss[-1] if history.train_loss else float("nan")}
 
@@ -127,6 +128,7 @@ def finish_on_rank0(job: DistributedJob, model, test_loader, device, history, re
         "weights_identical": len(set(checksums)) == 1,
         "rank_checksums": checksums,
         "rank_pids": [report["pid"] for report in reports],
+        "rank_cpus": [report["cpus"] for report in reports],
         "train_seconds": round(max(report["train_seconds"] for report in reports), 4),
         "train_rows_per_rank": [report["train_rows"] for report in reports],
         "final_train_loss": sum(report["final_train_loss"] for report in reports) / len(reports),
@@ -143,6 +145,27 @@ def finish_on_rank0(job: DistributedJob, model, test_loader, device, history, re
             save_model(model, staging, job.island_vocabulary, job.feature_ranges, summary)
         result["model_dir"] = job.model_dir
     return result
+
+
+def bind_to_own_core(local_rank: int, local_size: int) -> Optional[int]:
+    """Keep this process, and every thread it has (Horovod's background thread, gloo's), on a core
+    of its own, as mpirun does for two processes. Otherwise a rank that waits for its peer (Horovod
+    polls while it waits) and the background threads take CPU time from the rank still computing.
+    Only for several processes on CPU with a core for each; returns the core, or None."""
+    if local_size < 2 or not hasattr(os, "sched_setaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    if local_size > len(cores) or not 0 <= local_rank < local_size:
+        return None
+    core = cores[local_rank]
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        threads = [0]  # the calling thread only
+    for thread in threads:
+        with contextlib.suppress(OSError):  # a thread that has just ended
+            os.sched_setaffinity(thread, {core})
+    return core
 
 
 # --- failure reports --------------------------------------------------------------------------------
@@ -345,6 +368,8 @@ def horovod_rank_main(job: DistributedJob) -> dict:
         if device.type == "cuda":
             torch.cuda.set_device(hvd.local_rank())  # one GPU per process
             device = torch.device("cuda", hvd.local_rank())
+        else:  # a core per process: a rank waiting for its peer then slows nobody else
+            bind_to_own_core(hvd.local_rank(), hvd.local_size())
 
         # Each rank trains on its own share of the rows; set_epoch (before every epoch) reshuffles the shares.
         train_ds = make_dataset(job.x_train, job.y_train)
@@ -527,6 +552,8 @@ def torch_rank_main(job: DistributedJob) -> dict:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=timedelta(seconds=job.collective_timeout_seconds))
         rank, size = dist.get_rank(), dist.get_world_size()
+        if device.type == "cpu":  # a core per process, as for Horovod
+            bind_to_own_core(local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
         tune_threads()
         seed_everything(job.seed)
 

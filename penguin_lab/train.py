@@ -1,5 +1,6 @@
 """Data loaders and the training loop, shared by single-node and distributed training."""
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -7,7 +8,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
 
 # The model returns log-probabilities, so negative log-likelihood is the cross-entropy loss.
 loss_criteria = nn.NLLLoss()
@@ -25,12 +27,55 @@ def make_loader(dataset: TensorDataset, batch_size: int, sampler: Optional[Sampl
     """A loader that slices whole batches from the tensors, in this process.
 
     The lab's num_workers=1 starts a worker process on every pass over the data, which costs far
-    more than these tiny batches. Taking a batch of indices at once (instead of one row at a time,
-    then stacking) keeps the per-batch cost low too. Pass a sampler to shuffle or to shard the data
-    between processes; the default keeps the rows in order.
+    more than these tiny batches. Taking a batch of indices at once, as one tensor (instead of one
+    row at a time, then stacking) keeps the per-batch cost low too. Pass a sampler to shuffle or to
+    shard the data between processes; the default keeps the rows in order.
     """
     sampler = sampler if sampler is not None else SequentialSampler(dataset)
-    return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None)
+    return DataLoader(dataset, sampler=IndexBatches(sampler, batch_size), batch_size=None)
+
+
+class IndexBatches(Sampler):
+    """The rows `sampler` picks, in its order, as tensors of at most `batch_size` indices:
+    indexing a TensorDataset with one tensor gathers a whole batch in one operation."""
+
+    def __init__(self, sampler: Sampler, batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        self.sampler = sampler
+        self.batch_size = batch_size
+
+    def __iter__(self):
+        return iter(sampled_indices(self.sampler).split(self.batch_size))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+
+def sampled_indices(sampler: Sampler) -> torch.Tensor:
+    """One pass of `sampler` as a tensor of row indices, in the order it yields them."""
+    if type(sampler) is DistributedSampler:
+        return distributed_shard(sampler)
+    return torch.tensor(list(sampler), dtype=torch.long)
+
+
+def distributed_shard(sampler: DistributedSampler) -> torch.Tensor:
+    """The indices DistributedSampler yields for this rank and epoch, computed without turning every
+    row's index into a Python number: each rank draws the permutation of all the rows, so at a
+    million rows that alone would take longer than this rank's share of the training."""
+    rows = len(sampler.dataset)
+    if rows == 0:
+        return torch.empty(0, dtype=torch.long)
+    if sampler.shuffle:
+        # The same generator and seed as DistributedSampler.__iter__: the same permutation.
+        generator = torch.Generator()
+        generator.manual_seed(sampler.seed + sampler.epoch)
+        order = torch.randperm(rows, generator=generator)
+    else:
+        order = torch.arange(rows)
+    # Padded (by repeating from the start) or cut to a multiple of the number of ranks, then dealt out.
+    order = order.repeat(math.ceil(sampler.total_size / rows))[: sampler.total_size]
+    return order[sampler.rank: sampler.total_size: sampler.num_replicas]
 
 
 def shuffled_sampler(dataset: TensorDataset, seed: int) -> RandomSampler:

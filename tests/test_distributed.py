@@ -23,7 +23,7 @@ from penguin_lab.distributed import (FAIL_ON_RANK_ENV, DistributedTrainingError,
                                      train_distributed)
 from penguin_lab.errors import LabError
 
-from conftest import assert_one_line_error, run_cli
+from conftest import REPO, assert_one_line_error, run_cli
 
 # (engine, local_mode): local mode starts processes on the driver; otherwise Horovod's np > 0 and
 # TorchDistributor's Spark barrier tasks (on the local[2] master).
@@ -104,6 +104,12 @@ def test_two_processes_train_identical_accurate_weights(engine, local_mode, prep
     assert metrics["engine"] == engine and metrics["world_size"] == 2 and metrics["local_mode"] == local_mode
     # Two real processes, neither of them this one.
     assert len(set(metrics["rank_pids"])) == 2 and os.getpid() not in metrics["rank_pids"]
+    # Processes started together on this machine, with a core for each, keep to a core each. (Spark
+    # barrier tasks each start one process: they cannot know they share a machine, and are not bound.)
+    started_together = local_mode or engine == "horovod"
+    if started_together and len(os.sched_getaffinity(0)) >= 2:
+        cores = metrics["rank_cpus"]
+        assert all(len(cpus) == 1 for cpus in cores) and cores[0] != cores[1], cores
     # Each rank trained on half of the rows (DistributedSampler pads to an even split).
     half = -(-metrics["train_rows"] // 2)
     assert metrics["train_rows_per_rank"] == [half, half]
@@ -123,6 +129,41 @@ def test_two_processes_train_identical_accurate_weights(engine, local_mode, prep
     assert (predicted == prepared.y_test).mean() >= 0.95
     assert metadata["metrics"]["world_size"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging folders left
+
+
+BIND_IN_A_FRESH_PROCESS = """
+import json, os, threading
+from penguin_lab.distributed import bind_to_own_core
+
+cores = sorted(os.sched_getaffinity(0))
+stop = threading.Event()
+earlier = threading.Thread(target=stop.wait)  # started before binding, as Horovod's background thread is
+earlier.start()
+core = bind_to_own_core(1, 2)
+later = []
+thread = threading.Thread(target=lambda: later.append(sorted(os.sched_getaffinity(0))))
+thread.start(); thread.join()
+threads = [sorted(os.sched_getaffinity(int(tid))) for tid in os.listdir("/proc/self/task")]
+stop.set(); earlier.join()
+print(json.dumps({"cores": cores, "core": core, "threads": threads, "later": later,
+                  "one_process": bind_to_own_core(0, 1), "more_than_cores": bind_to_own_core(0, 64)}))
+"""
+
+
+def test_binding_keeps_every_thread_of_the_process_on_one_core():
+    """Run in a fresh process, so this test process keeps all its cores."""
+    done = subprocess.run([sys.executable, "-c", BIND_IN_A_FRESH_PROCESS], capture_output=True, text=True,
+                          cwd=REPO, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    if len(seen["cores"]) >= 2:
+        core = seen["cores"][1]
+        assert seen["core"] == core
+        assert seen["threads"] and all(cpus == [core] for cpus in seen["threads"]), seen["threads"]
+        assert seen["later"] == [[core]]  # threads started afterwards inherit the core
+    else:
+        assert seen["core"] is None  # one core: nothing to share out
+    assert seen["one_process"] is None and seen["more_than_cores"] is None
 
 
 @pytest.mark.parametrize("engine,local_mode", ENGINE_MODES, ids=MODE_IDS)

@@ -5,12 +5,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import BatchSampler, SequentialSampler, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
 
 from penguin_lab.config import TrainConfig
 from penguin_lab.distributed import state_checksum
 from penguin_lab.model import PenguinNet
 from penguin_lab.pipeline import train_model
-from penguin_lab.train import evaluate, make_dataset, make_loader, train_one_epoch
+from penguin_lab.train import (IndexBatches, distributed_shard, evaluate, make_dataset, make_loader,
+                                shuffled_sampler, train_one_epoch)
 
 
 def test_batches_follow_the_model_to_its_device(prepared):
@@ -64,3 +67,56 @@ def test_100_epochs_reach_097_on_the_honest_split(lab_run):
     assert metrics["epochs"] == 100 and len(metrics["history"]["train_loss"]) == 100
     assert metrics["test_accuracy"] >= 0.97
     assert np.isclose(metrics["final_val_loss"], metrics["history"]["val_loss"][-1])
+
+
+# --- batches of indices --------------------------------------------------------------------------
+
+def batches_the_usual_way(sampler, batch_size):
+    """What DataLoader's own batching would take: the sampler's indices, batch_size at a time."""
+    return list(BatchSampler(sampler, batch_size, drop_last=False))
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 7, 10, 33])
+@pytest.mark.parametrize("replicas", [1, 2, 3, 4])
+@pytest.mark.parametrize("shuffle,drop_last", [(True, False), (False, False), (True, True), (False, True)])
+def test_distributed_shards_are_exactly_what_distributed_sampler_yields(rows, replicas, shuffle, drop_last):
+    """distributed_shard computes DistributedSampler's indices as a tensor; it must match the
+    sampler for every rank and epoch, padding included (fewer rows than ranks too)."""
+    dataset = TensorDataset(torch.arange(rows))
+    for rank in range(replicas):
+        sampler = DistributedSampler(dataset, num_replicas=replicas, rank=rank, shuffle=shuffle,
+                                     seed=7, drop_last=drop_last)
+        for epoch in (0, 1, 5):
+            sampler.set_epoch(epoch)
+            shard = distributed_shard(sampler)
+            assert shard.dtype == torch.long
+            assert shard.tolist() == list(sampler), (rank, epoch)
+
+
+def test_loader_batches_follow_the_sampler_order(prepared):
+    """Single-node (a seeded RandomSampler) and distributed (a DistributedSampler) training see the
+    same batches as DataLoader's own batching would give, in the same order, epoch after epoch."""
+    dataset = make_dataset(prepared.x_train, prepared.y_train)
+    features_of, labels_of = dataset.tensors
+    ours = make_loader(dataset, 16, shuffled_sampler(dataset, seed=3))
+    usual_sampler = shuffled_sampler(dataset, seed=3)
+    for _ in range(2):  # each epoch draws a new order from the same seeded generator, in both
+        usual = batches_the_usual_way(usual_sampler, 16)
+        got = list(ours)
+        assert len(got) == len(usual) == len(ours)
+        for (features, labels), indices in zip(got, usual):
+            assert torch.equal(features, features_of[indices]) and torch.equal(labels, labels_of[indices])
+
+    sampler = DistributedSampler(dataset, num_replicas=2, rank=1, shuffle=True, seed=0)
+    loader = make_loader(dataset, 16, sampler)
+    for epoch in (1, 2):
+        sampler.set_epoch(epoch)
+        got = [labels for _, labels in loader]
+        expected = [labels_of[indices] for indices in batches_the_usual_way(sampler, 16)]
+        assert len(got) == len(expected) == len(loader)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+def test_index_batches_refuses_an_empty_batch_size():
+    with pytest.raises(ValueError, match="batch_size"):
+        IndexBatches(SequentialSampler(range(3)), 0)
