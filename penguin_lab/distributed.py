@@ -151,6 +151,8 @@ def bind_to_own_core(local_rank: int, local_size: int) -> Optional[int]:
     """Keep this process, and every thread it has (Horovod's background thread, gloo's), on a core
     of its own, as mpirun does for two processes. Otherwise a rank that waits for its peer (Horovod
     polls while it waits) and the background threads take CPU time from the rank still computing.
+    On that core the calling (training) thread goes first: the threads already started get the idle
+    scheduling class, so they run when it waits, not in the middle of its forward and backward passes.
     Only for several processes on CPU with a core for each; returns the core, or None."""
     if local_size < 2 or not hasattr(os, "sched_setaffinity"):
         return None
@@ -162,9 +164,12 @@ def bind_to_own_core(local_rank: int, local_size: int) -> Optional[int]:
         threads = [int(tid) for tid in os.listdir("/proc/self/task")]
     except OSError:
         threads = [0]  # the calling thread only
+    training_thread = threading.get_native_id()
     for thread in threads:
         with contextlib.suppress(OSError):  # a thread that has just ended
             os.sched_setaffinity(thread, {core})
+            if thread not in (0, training_thread) and hasattr(os, "SCHED_IDLE"):
+                os.sched_setscheduler(thread, os.SCHED_IDLE, os.sched_param(0))
     return core
 
 

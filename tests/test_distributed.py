@@ -144,13 +144,15 @@ later = []
 thread = threading.Thread(target=lambda: later.append(sorted(os.sched_getaffinity(0))))
 thread.start(); thread.join()
 threads = [sorted(os.sched_getaffinity(int(tid))) for tid in os.listdir("/proc/self/task")]
+policies = {"training": os.sched_getscheduler(0), "earlier": os.sched_getscheduler(earlier.native_id),
+            "idle": os.SCHED_IDLE, "normal": os.SCHED_OTHER}
 stop.set(); earlier.join()
-print(json.dumps({"cores": cores, "core": core, "threads": threads, "later": later,
+print(json.dumps({"cores": cores, "core": core, "threads": threads, "later": later, "policies": policies,
                   "one_process": bind_to_own_core(0, 1), "more_than_cores": bind_to_own_core(0, 64)}))
 """
 
 
-def test_binding_keeps_every_thread_of_the_process_on_one_core():
+def test_binding_keeps_every_thread_on_one_core_and_the_training_thread_first():
     """Run in a fresh process, so this test process keeps all its cores."""
     done = subprocess.run([sys.executable, "-c", BIND_IN_A_FRESH_PROCESS], capture_output=True, text=True,
                           cwd=REPO, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -161,6 +163,9 @@ def test_binding_keeps_every_thread_of_the_process_on_one_core():
         assert seen["core"] == core
         assert seen["threads"] and all(cpus == [core] for cpus in seen["threads"]), seen["threads"]
         assert seen["later"] == [[core]]  # threads started afterwards inherit the core
+        # On that core the training thread goes first; the threads already started run when it waits.
+        policies = seen["policies"]
+        assert policies["earlier"] == policies["idle"] and policies["training"] == policies["normal"], policies
     else:
         assert seen["core"] is None  # one core: nothing to share out
     assert seen["one_process"] is None and seen["more_than_cores"] is None
