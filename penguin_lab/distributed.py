@@ -24,6 +24,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -107,9 +108,22 @@ def state_checksum(model) -> str:
 def rank_report(model, rank: int, history, train_seconds: float, train_rows: int) -> dict:
     """What each rank contributes to the result; every rank's report is gathered before the end."""
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {"rank": rank, "pid": os.getpid(), "cpus": cpus, "checksum": state_checksum(model),
+    return {"rank": rank, "pid": os.getpid(), "cpus": cpus, "idle_threads": idle_thread_count(),
+            "checksum": state_checksum(model),
             "train_seconds": train_seconds, "train_rows": train_rows,
             "final_train_loss": history.train_loss[-1] if history.train_loss else float("nan")}
+
+
+def idle_thread_count() -> Optional[int]:
+    """Threads of this process in the idle scheduling class (see bind_to_own_core), where Linux tells."""
+    if not hasattr(os, "SCHED_IDLE"):
+        return None
+    count = 0
+    with contextlib.suppress(OSError):
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError):  # a thread that has just ended
+                count += os.sched_getscheduler(int(tid)) == os.SCHED_IDLE
+    return count
 
 
 def finish_on_rank0(job: DistributedJob, model, test_loader, device, history, reports: list,
@@ -129,6 +143,7 @@ def finish_on_rank0(job: DistributedJob, model, test_loader, device, history, re
         "rank_checksums": checksums,
         "rank_pids": [report["pid"] for report in reports],
         "rank_cpus": [report["cpus"] for report in reports],
+        "rank_idle_threads": [report["idle_threads"] for report in reports],
         "train_seconds": round(max(report["train_seconds"] for report in reports), 4),
         "train_rows_per_rank": [report["train_rows"] for report in reports],
         "final_train_loss": sum(report["final_train_loss"] for report in reports) / len(reports),
@@ -147,12 +162,15 @@ def finish_on_rank0(job: DistributedJob, model, test_loader, device, history, re
     return result
 
 
-def bind_to_own_core(local_rank: int, local_size: int) -> Optional[int]:
+def bind_to_own_core(local_rank: int, local_size: int, training_thread_first: bool = False) -> Optional[int]:
     """Keep this process, and every thread it has (Horovod's background thread, gloo's), on a core
     of its own, as mpirun does for two processes. Otherwise a rank that waits for its peer (Horovod
     polls while it waits) and the background threads take CPU time from the rank still computing.
-    On that core the calling (training) thread goes first: the threads already started get the idle
-    scheduling class, so they run when it waits, not in the middle of its forward and backward passes.
+
+    With `training_thread_first`, the threads already started get the idle scheduling class, so on
+    that core they run while the calling (training) thread waits, not in the middle of its forward and
+    backward passes. Horovod's threads are safe to treat so; PyTorch's are not: with them in the idle
+    class, a Spark barrier task's process aborted at exit and the job then waited 5 minutes for it.
     Only for several processes on CPU with a core for each; returns the core, or None."""
     if local_size < 2 or not hasattr(os, "sched_setaffinity"):
         return None
@@ -168,9 +186,15 @@ def bind_to_own_core(local_rank: int, local_size: int) -> Optional[int]:
     for thread in threads:
         with contextlib.suppress(OSError):  # a thread that has just ended
             os.sched_setaffinity(thread, {core})
-            if thread not in (0, training_thread) and hasattr(os, "SCHED_IDLE"):
+            if training_thread_first and thread not in (0, training_thread) and hasattr(os, "SCHED_IDLE"):
                 os.sched_setscheduler(thread, os.SCHED_IDLE, os.sched_param(0))
     return core
+
+
+def place_among(rank_hosts: list, rank: int) -> tuple[int, int]:
+    """This rank's index among the ranks on its machine, and how many ranks that machine has."""
+    neighbours = [other for other, host in enumerate(rank_hosts) if host == rank_hosts[rank]]
+    return neighbours.index(rank), len(neighbours)
 
 
 # --- failure reports --------------------------------------------------------------------------------
@@ -374,7 +398,7 @@ def horovod_rank_main(job: DistributedJob) -> dict:
             torch.cuda.set_device(hvd.local_rank())  # one GPU per process
             device = torch.device("cuda", hvd.local_rank())
         else:  # a core per process: a rank waiting for its peer then slows nobody else
-            bind_to_own_core(hvd.local_rank(), hvd.local_size())
+            bind_to_own_core(hvd.local_rank(), hvd.local_size(), training_thread_first=True)
 
         # Each rank trains on its own share of the rows; set_epoch (before every epoch) reshuffles the shares.
         train_ds = make_dataset(job.x_train, job.y_train)
@@ -558,7 +582,10 @@ def torch_rank_main(job: DistributedJob) -> dict:
                                 timeout=timedelta(seconds=job.collective_timeout_seconds))
         rank, size = dist.get_rank(), dist.get_world_size()
         if device.type == "cpu":  # a core per process, as for Horovod
-            bind_to_own_core(local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+            # Spark barrier tasks each start one process and cannot tell they share a machine: ask the others.
+            hosts = [None] * size
+            dist.all_gather_object(hosts, socket.gethostname())
+            bind_to_own_core(*place_among(hosts, rank))
         tune_threads()
         seed_everything(job.seed)
 

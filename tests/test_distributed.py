@@ -19,7 +19,7 @@ import pytest
 
 from penguin_lab.artifacts import load_model
 from penguin_lab.distributed import (FAIL_ON_RANK_ENV, DistributedTrainingError, HorovodRunner, WorkerOutput,
-                                     failure_error, failure_reports, horovod_available, state_checksum,
+                                     failure_error, failure_reports, horovod_available, place_among, state_checksum,
                                      train_distributed)
 from penguin_lab.errors import LabError
 
@@ -104,12 +104,14 @@ def test_two_processes_train_identical_accurate_weights(engine, local_mode, prep
     assert metrics["engine"] == engine and metrics["world_size"] == 2 and metrics["local_mode"] == local_mode
     # Two real processes, neither of them this one.
     assert len(set(metrics["rank_pids"])) == 2 and os.getpid() not in metrics["rank_pids"]
-    # Processes started together on this machine, with a core for each, keep to a core each. (Spark
-    # barrier tasks each start one process: they cannot know they share a machine, and are not bound.)
-    started_together = local_mode or engine == "horovod"
-    if started_together and len(os.sched_getaffinity(0)) >= 2:
+    # Processes on this machine, with a core for each, keep to a core each: also Spark barrier tasks,
+    # which each start one process and find their neighbours by asking the others.
+    if len(os.sched_getaffinity(0)) >= 2:
         cores = metrics["rank_cpus"]
         assert all(len(cpus) == 1 for cpus in cores) and cores[0] != cores[1], cores
+        # Horovod's background threads yield to training (the idle class); PyTorch's keep their class.
+        idle = metrics["rank_idle_threads"]
+        assert all(n >= 1 for n in idle) if engine == "horovod" else idle == [0, 0], idle
     # Each rank trained on half of the rows (DistributedSampler pads to an even split).
     half = -(-metrics["train_rows"] // 2)
     assert metrics["train_rows_per_rank"] == [half, half]
@@ -139,14 +141,18 @@ cores = sorted(os.sched_getaffinity(0))
 stop = threading.Event()
 earlier = threading.Thread(target=stop.wait)  # started before binding, as Horovod's background thread is
 earlier.start()
-core = bind_to_own_core(1, 2)
+core = bind_to_own_core(1, 2, training_thread_first=True)
 later = []
 thread = threading.Thread(target=lambda: later.append(sorted(os.sched_getaffinity(0))))
 thread.start(); thread.join()
 threads = [sorted(os.sched_getaffinity(int(tid))) for tid in os.listdir("/proc/self/task")]
 policies = {"training": os.sched_getscheduler(0), "earlier": os.sched_getscheduler(earlier.native_id),
             "idle": os.SCHED_IDLE, "normal": os.SCHED_OTHER}
-stop.set(); earlier.join()
+unflagged = threading.Thread(target=stop.wait)
+unflagged.start()
+bind_to_own_core(1, 2)  # without training_thread_first, every thread keeps its class
+policies["unflagged"] = os.sched_getscheduler(unflagged.native_id)
+stop.set(); earlier.join(); unflagged.join()
 print(json.dumps({"cores": cores, "core": core, "threads": threads, "later": later, "policies": policies,
                   "one_process": bind_to_own_core(0, 1), "more_than_cores": bind_to_own_core(0, 64)}))
 """
@@ -166,9 +172,16 @@ def test_binding_keeps_every_thread_on_one_core_and_the_training_thread_first():
         # On that core the training thread goes first; the threads already started run when it waits.
         policies = seen["policies"]
         assert policies["earlier"] == policies["idle"] and policies["training"] == policies["normal"], policies
+        assert policies["unflagged"] == policies["normal"], policies
     else:
         assert seen["core"] is None  # one core: nothing to share out
     assert seen["one_process"] is None and seen["more_than_cores"] is None
+
+
+def test_place_among_counts_only_the_ranks_on_the_same_machine():
+    assert place_among(["a", "a"], 0) == (0, 2) and place_among(["a", "a"], 1) == (1, 2)
+    assert place_among(["a", "b", "a", "b"], 2) == (1, 2) and place_among(["a", "b", "a", "b"], 3) == (1, 2)
+    assert place_among(["a", "b", "c"], 1) == (0, 1)  # alone on its machine: not bound
 
 
 @pytest.mark.parametrize("engine,local_mode", ENGINE_MODES, ids=MODE_IDS)
