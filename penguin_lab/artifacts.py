@@ -15,6 +15,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -61,13 +62,14 @@ def staged_dir(final: Path):
     """Yield an empty temporary folder beside `final`; on success it replaces `final` in one rename.
 
     On any error or interrupt the temporary folder is removed, so a failed or interrupted run never
-    leaves a half-written folder under the final name. (A killed process may leave the hidden
-    `.NAME.tmp-*` folder, never `final`.)
+    leaves a half-written folder under the final name. A killed process may leave its hidden
+    `.NAME.tmp-HOST-PID-*` folder behind (never `final`); the next run into `final` removes it.
     """
     final = check_output_dir(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        remove_abandoned_staging(final)
+        staging = Path(tempfile.mkdtemp(prefix=f"{staging_prefix(final)}{os.getpid()}-", dir=final.parent))
     except OSError as e:
         raise LabError(f"{final}: cannot create the results folder: {e.strerror or e}") from None
     try:
@@ -77,6 +79,34 @@ def staged_dir(final: Path):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def staging_prefix(final: Path) -> str:
+    """Staging folders are named after this machine and process, so a later run can tell which are abandoned."""
+    return f".{final.name}.tmp-{socket.gethostname()}-"
+
+
+def remove_abandoned_staging(final: Path) -> None:
+    """Remove the staging folders beside `final` whose process, on this machine, no longer runs.
+    Folders of other machines (a shared file system) and of running processes are left alone."""
+    owner = re.compile(re.escape(staging_prefix(final)) + r"(\d+)-")
+    with contextlib.suppress(OSError):
+        for entry in final.parent.iterdir():
+            found = owner.match(entry.name)
+            if found and entry.is_dir() and not entry.is_symlink() and not process_running(int(found.group(1))):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def process_running(pid: int) -> bool:
+    if os.name != "posix":  # elsewhere signal 0 is not a question; assume it runs
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but belongs to someone else
+        return True
+    return True
 
 
 def replace_dir(source: Path, final: Path) -> None:

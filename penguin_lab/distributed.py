@@ -24,7 +24,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sys
 import threading
 import time
@@ -169,8 +168,8 @@ def bind_to_own_core(local_rank: int, local_size: int, training_thread_first: bo
 
     With `training_thread_first`, the threads already started get the idle scheduling class, so on
     that core they run while the calling (training) thread waits, not in the middle of its forward and
-    backward passes. Horovod's threads are safe to treat so; PyTorch's are not: with them in the idle
-    class, a Spark barrier task's process aborted at exit and the job then waited 5 minutes for it.
+    backward passes. Horovod's rank function asks for it: its threads only exchange messages, and its
+    wait for them yields the core. PyTorch's threads keep their class.
     Only for several processes on CPU with a core for each; returns the core, or None."""
     if local_size < 2 or not hasattr(os, "sched_setaffinity"):
         return None
@@ -189,12 +188,6 @@ def bind_to_own_core(local_rank: int, local_size: int, training_thread_first: bo
             if training_thread_first and thread not in (0, training_thread) and hasattr(os, "SCHED_IDLE"):
                 os.sched_setscheduler(thread, os.SCHED_IDLE, os.sched_param(0))
     return core
-
-
-def place_among(rank_hosts: list, rank: int) -> tuple[int, int]:
-    """This rank's index among the ranks on its machine, and how many ranks that machine has."""
-    neighbours = [other for other, host in enumerate(rank_hosts) if host == rank_hosts[rank]]
-    return neighbours.index(rank), len(neighbours)
 
 
 # --- failure reports --------------------------------------------------------------------------------
@@ -582,10 +575,9 @@ def torch_rank_main(job: DistributedJob) -> dict:
                                 timeout=timedelta(seconds=job.collective_timeout_seconds))
         rank, size = dist.get_rank(), dist.get_world_size()
         if device.type == "cpu":  # a core per process, as for Horovod
-            # Spark barrier tasks each start one process and cannot tell they share a machine: ask the others.
-            hosts = [None] * size
-            dist.all_gather_object(hosts, socket.gethostname())
-            bind_to_own_core(*place_among(hosts, rank))
+            # (Spark barrier tasks each start one process, so LOCAL_WORLD_SIZE is 1 and they are not bound:
+            # bound, a barrier job now and then waited 5 minutes at the end for a rank that had aborted.)
+            bind_to_own_core(local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
         tune_threads()
         seed_everything(job.seed)
 

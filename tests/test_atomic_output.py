@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO
 from penguin_lab import evaluate, pipeline
-from penguin_lab.artifacts import load_model
+from penguin_lab.artifacts import load_model, staged_dir, staging_prefix
 from penguin_lab.cli import main
 
 COMPLETE = ["loss.png", "metrics.json", "model", "weights.txt"]
@@ -175,6 +175,31 @@ def test_a_killed_run_never_leaves_a_folder_under_the_final_name(tmp_path):
         assert_complete(out)
     leftovers = [name for name in entries(tmp_path) if name != "out"]
     assert all(name.startswith(".out.tmp-") for name in leftovers), leftovers
+    # The next run into the same folder clears what the killed one left.
+    rerun = start_run(out)
+    _, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err
+    assert entries(tmp_path) == ["out"]
+    assert_complete(out)
+
+
+def test_only_abandoned_staging_folders_are_removed(tmp_path):
+    """Staging folders of running processes, of other machines, and other files stay."""
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                           text=True, check=True)
+    dead_pid = int(ended.stdout)
+    prefix = staging_prefix(tmp_path / "out")
+    abandoned = tmp_path / f"{prefix}{dead_pid}-abc"
+    running = tmp_path / f"{prefix}{os.getppid()}-abc"  # pytest's parent runs
+    elsewhere = tmp_path / f".out.tmp-another-host-{dead_pid}-abc"
+    other = tmp_path / f".other.tmp-{dead_pid}-abc"
+    for folder in (abandoned, running, elsewhere, other):
+        folder.mkdir()
+        (folder / "half-written").write_text("x")
+    with staged_dir(tmp_path / "out") as staging:
+        (staging / "result").write_text("done")
+    assert sorted(entries(tmp_path)) == sorted(["out", running.name, elsewhere.name, other.name])
+    assert (tmp_path / "out" / "result").read_text() == "done"
 
 
 def test_two_runs_into_different_folders_do_not_interfere(tmp_path):
