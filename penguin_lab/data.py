@@ -91,8 +91,23 @@ def check_splittable(species_counts: dict, where: str) -> None:
                            f"a stratified split needs at least 2 per species")
 
 
+def check_island_spellings(raw: pd.DataFrame, where: str) -> None:
+    """Names that differ only in case ("Biscoe", "biscoe") would become two islands to the model."""
+    names = pd.Series(raw[ISLAND].dropna().unique(), dtype=object)
+    spellings = names.groupby(names.str.casefold()).agg(list)
+    clashing = spellings[spellings.map(len) > 1]
+    if clashing.empty:
+        return
+    spelled = set(clashing.iloc[0])
+    rows = raw[raw[ISLAND].isin(spelled)].drop_duplicates(ISLAND)  # the first row of each spelling
+    (first, first_row), (other, other_row) = list(zip(rows[ISLAND], rows["Row"]))[:2]
+    raise LabError(f"{where}: row {other_row}, column {ISLAND!r}: {other!r} differs only in case from {first!r} "
+                   f"(row {first_row}); expected one spelling per island")
+
+
 def prepare_splits(spark, raw: pd.DataFrame, config: TrainConfig, where: str = "data") -> PreparedData:
     """Run the Spark preparation and split; collect the two sides as arrays."""
+    check_island_spellings(raw, where)
     split = spark_split(spark_prepare(spark, raw), config.test_fraction, config.seed)
     # One Spark job collects everything; sort by row number so order never depends on partitions.
     rows = split.toPandas().sort_values("Row", kind="stable").reset_index(drop=True)

@@ -41,6 +41,20 @@ def test_bad_arguments_and_missing_data_are_one_line(tmp_path):
     assert bad_epochs.returncode == 2 and "Traceback" not in bad_epochs.stderr
 
 
+def test_island_names_differing_only_in_case_are_one_line_and_write_nothing(tmp_path):
+    from conftest import DATA
+
+    lines = DATA.read_text().splitlines()
+    at = max(i for i, line in enumerate(lines) if line.startswith("Dream,"))  # the last Dream row
+    lines[at] = "dream," + lines[at].split(",", 1)[1]
+    data = tmp_path / "mixed.csv"
+    data.write_text("\n".join(lines) + "\n")
+    result = run_cli("run", "--data", str(data), "--out", str(tmp_path / "out"), "--epochs", "1")
+    assert_one_line_error(result, "mixed.csv", f"row {at + 1}, column 'Island'",
+                          "'dream' differs only in case from 'Dream'", "expected one spelling per island")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mixed.csv"]
+
+
 def test_debug_shows_the_traceback(tmp_path):
     result = run_cli("--debug", "run", "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "out"))
     assert result.returncode != 0 and "Traceback" in result.stderr

@@ -6,7 +6,8 @@ import pytest
 
 from conftest import DATA, REPO
 from penguin_lab.config import FEATURES, SPECIES, TrainConfig
-from penguin_lab.data import island_vocabulary, overlap_rows, prepare_splits, spark_prepare
+from penguin_lab.data import check_island_spellings, island_vocabulary, overlap_rows, prepare_splits, spark_prepare
+from penguin_lab.errors import LabError
 
 
 def test_shipped_csv_is_exactly_what_the_script_writes(tmp_path):
@@ -89,3 +90,14 @@ def test_exact_duplicate_rows_cannot_straddle_the_split(spark, raw):
     prepared = prepare_splits(spark, doubled, TrainConfig())
     assert prepared.counts["duplicate_rows"] == 342
     assert prepared.counts["overlap_rows"] == 0
+
+
+def test_island_names_that_differ_only_in_case_are_refused():
+    """Otherwise "biscoe" would be a fourth island, with its own index and too few rows to learn it."""
+    raw = pd.DataFrame({"Row": [2, 3, 4, 5, 6], "Island": ["Dream", "Biscoe", None, "Dream", "biscoe"]})
+    with pytest.raises(LabError) as error:
+        check_island_spellings(raw, "my.csv")
+    assert str(error.value) == ("my.csv: row 6, column 'Island': 'biscoe' differs only in case from 'Biscoe' "
+                                "(row 3); expected one spelling per island")
+    check_island_spellings(raw[raw["Row"] != 6], "my.csv")  # one spelling each: fine
+    check_island_spellings(raw[raw["Island"].isna()], "my.csv")  # no names at all: fine
