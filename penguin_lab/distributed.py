@@ -113,15 +113,22 @@ def rank_report(model, rank: int, history, train_seconds: float, train_rows: int
             "final_train_loss": history.train_loss[-1] if history.train_loss else float("nan")}
 
 
+def thread_ids() -> list:
+    """Linux's ids of this process's threads; [0] (the calling thread) where /proc cannot tell."""
+    try:
+        return [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        return [0]
+
+
 def idle_thread_count() -> Optional[int]:
     """Threads of this process in the idle scheduling class (see bind_to_own_core), where Linux tells."""
     if not hasattr(os, "SCHED_IDLE"):
         return None
     count = 0
-    with contextlib.suppress(OSError):
-        for tid in os.listdir("/proc/self/task"):
-            with contextlib.suppress(OSError):  # a thread that has just ended
-                count += os.sched_getscheduler(int(tid)) == os.SCHED_IDLE
+    for thread in thread_ids():
+        with contextlib.suppress(OSError):  # a thread that has just ended
+            count += os.sched_getscheduler(thread) == os.SCHED_IDLE
     return count
 
 
@@ -177,12 +184,8 @@ def bind_to_own_core(local_rank: int, local_size: int, training_thread_first: bo
     if local_size > len(cores) or not 0 <= local_rank < local_size:
         return None
     core = cores[local_rank]
-    try:
-        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
-    except OSError:
-        threads = [0]  # the calling thread only
     training_thread = threading.get_native_id()
-    for thread in threads:
+    for thread in thread_ids():
         with contextlib.suppress(OSError):  # a thread that has just ended
             os.sched_setaffinity(thread, {core})
             if training_thread_first and thread not in (0, training_thread) and hasattr(os, "SCHED_IDLE"):

@@ -105,7 +105,7 @@ def test_two_processes_train_identical_accurate_weights(engine, local_mode, prep
     # Two real processes, neither of them this one.
     assert len(set(metrics["rank_pids"])) == 2 and os.getpid() not in metrics["rank_pids"]
     # Processes started together on this machine, with a core for each, keep to a core each. (Spark
-    # barrier tasks each start one process: they cannot know they share a machine, and are not bound.)
+    # barrier tasks each start one process and are not bound: see torch_rank_main.)
     started_together = local_mode or engine == "horovod"
     if started_together and len(os.sched_getaffinity(0)) >= 2:
         cores = metrics["rank_cpus"]
