@@ -14,7 +14,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@# Spark's classes, recorded once for a faster JVM start (penguin_lab/spark.py); optional.
-	$(BIN)/python -m penguin_lab.spark || echo "note: no Spark class archive; runs start slower"
+	$(BIN)/python -m penguin_lab.spark_archive || echo "note: no Spark class archive; runs start slower"
 	touch $@
 
 run: install

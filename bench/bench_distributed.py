@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from penguin_lab.config import DEFAULT_DATA, FEATURES, ISLAND, LABEL, MEASUREMENTS, SCALE  # noqa: E402
-from penguin_lab.validate import read_penguins_csv  # noqa: E402
+from penguin_lab.read import read_penguins_csv  # noqa: E402
 
 GOAL = 1.6  # 2 processes against 1, on 2 cores
 

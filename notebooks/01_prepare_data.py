@@ -35,7 +35,7 @@ sys.path.insert(0, repo_root)
 from penguin_lab import notebook
 from penguin_lab.config import TrainConfig
 from penguin_lab.data import get_spark, prepare_splits, spark_prepare, spark_split
-from penguin_lab.validate import read_penguins_csv
+from penguin_lab.read import read_penguins_csv
 
 params = notebook.parameters(dbutils)
 spark = get_spark()

@@ -29,7 +29,7 @@ from penguin_lab.data import get_spark, prepare_splits
 from penguin_lab.evaluate import plot_loss, weights_report
 from penguin_lab.model import PenguinNet
 from penguin_lab.pipeline import run_metrics, train_model, write_run
-from penguin_lab.validate import read_penguins_csv
+from penguin_lab.read import read_penguins_csv
 
 params = notebook.parameters(dbutils)
 config = TrainConfig(epochs=params["epochs"], seed=params["seed"])

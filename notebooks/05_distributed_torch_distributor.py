@@ -44,7 +44,7 @@ from penguin_lab.data import get_spark, prepare_splits
 from penguin_lab.distributed import DistributedJob, gpu_available, torch_rank_main, workers_import_this_package
 from penguin_lab.predict import Predictor
 from penguin_lab.train import evaluate, make_dataset, make_loader
-from penguin_lab.validate import read_penguins_csv
+from penguin_lab.read import read_penguins_csv
 
 params = notebook.parameters(dbutils)
 spark = get_spark()

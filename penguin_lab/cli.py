@@ -8,6 +8,7 @@ import json
 import math
 import signal
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def cmd_predict(args) -> int:
 def _predict_csv(predictor, args) -> int:
     import csv
 
-    from .validate import read_penguins_csv
+    from .read import read_penguins_csv
 
     frame, invalid = read_penguins_csv(args.csv, require_label=False, drop_invalid=args.drop_invalid)
     results = predictor.predict_frame(frame, where=args.csv, drop_invalid=args.drop_invalid)
@@ -112,6 +113,16 @@ def _predict_csv(predictor, args) -> int:
     for result in results:
         probs = [f"{result['probabilities'][n]:.6f}" if result["probabilities"] else "" for n in predictor.species]
         writer.writerow([result["row"], result["species"] or "", *probs])
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from .synth import synthesize
+
+    result = synthesize(None, args.rows, args.out, fmt=args.format, seed=args.seed)
+    files = f"{result['files']} part file{'s' if result['files'] != 1 else ''}"
+    print(f"wrote {result['rows']} synthetic penguins to {result['path']} ({result['format']}, {files}) "
+          f"in {result['seconds']:.1f} s")
     return 0
 
 
@@ -144,16 +155,109 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="machine-readable output")
     predict.set_defaults(func=cmd_predict)
 
-    for register in _plugins():
-        register(commands)
+    synth = commands.add_parser("synth", help="write synthetic penguins drawn from Gaussians fitted to the real data")
+    synth.add_argument("--rows", type=positive_int, required=True, help="number of penguins to write")
+    synth.add_argument("--out", required=True, help="new or empty folder for the part files")
+    synth.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    synth.add_argument("--seed", type=seed_int, default=0, help="the same seed and rows give the same files")
+    synth.set_defaults(func=cmd_synth)
+
+    _add_distributed_command(commands)
+    _add_databricks_commands(commands)
     return parser
 
 
-def _plugins():
-    """Subcommands that live in their own modules (each imports its heavy libraries only when run)."""
-    from . import distributed, workspace
+def _add_distributed_command(commands) -> None:
+    from .distributed import ENGINES  # cheap: the engines import their libraries only when they run
 
-    return [distributed.register, workspace.register]
+    parser = commands.add_parser(
+        "distributed", help="train with several processes: Horovod (as in the lab) or TorchDistributor",
+        description="Train the penguin classifier with several processes and save rank 0's model. "
+                    "--engine horovod uses HorovodRunner (sparkdl's on Databricks Runtime ML <= 15.4 LTS, "
+                    "real Horovod processes over gloo elsewhere); --engine torch uses Spark's TorchDistributor.")
+    parser.add_argument("--engine", choices=ENGINES, required=True)
+    parser.add_argument("--np", type=positive_int, default=2, help="number of processes (default 2)")
+    parser.add_argument("--local-mode", action=argparse.BooleanOptionalAction, default=True,
+                        help="processes on this machine (default), or --no-local-mode: Spark barrier tasks "
+                             "(torch) / HorovodRunner np>0 (horovod)")
+    parser.add_argument("--out", help="results folder (default: runs/<timestamp>-<engine>)")
+    parser.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs)
+    parser.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size,
+                        help="rows per batch, per process")
+    parser.add_argument("--seed", type=seed_int, default=TrainConfig.seed)
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="penguin CSV (default: the shipped data)")
+    parser.add_argument("--drop-invalid", action="store_true", help="drop rows with invalid values instead of stopping")
+    parser.add_argument("--verbose", action="store_true", help="show the workers' output (on stderr)")
+    parser.set_defaults(func=cmd_distributed)
+
+
+def cmd_distributed(args) -> int:
+    started = time.perf_counter()  # total_seconds covers the whole command, reading and preparing too
+    from .distributed import fail_on_rank_from_env, run_distributed
+
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
+    out = Path(args.out) if args.out else Path(f"{default_out()}-{args.engine}")
+    metrics = run_distributed(args.data, out, args.engine, args.np, args.local_mode, config, args.drop_invalid,
+                              args.verbose, fail_on_rank_from_env(), started=started)
+    mode = "processes on this machine" if args.local_mode else "Spark tasks"
+    print(f"{args.engine}: {metrics['world_size']} {mode}, test accuracy {metrics['test_accuracy']:.4f} "
+          f"on {metrics['test_rows']} held-out penguins; {metrics['epochs']} epochs in "
+          f"{metrics['train_seconds']:.2f} s, whole run {metrics['total_seconds']:.2f} s")
+    print(f"weights identical on all {metrics['world_size']} ranks (sha256 {metrics['rank_checksums'][0][:16]}...)")
+    print(f"results in {out}/: metrics.json, model/")
+    return 0
+
+
+def _add_databricks_commands(commands) -> None:
+    parser = commands.add_parser(
+        "databricks",
+        help="create or remove the lab cluster and notebooks in an existing Databricks workspace",
+        description="Create or remove the lab cluster and notebooks in a Databricks workspace you already have. "
+        "Credentials come from --host/--profile, DATABRICKS_HOST and DATABRICKS_TOKEN, or ~/.databrickscfg.")
+    actions = parser.add_subparsers(dest="databricks_action", metavar="{up,down}", required=True)
+    up = actions.add_parser("up", help="create or reuse the cluster and import the notebooks")
+    down = actions.add_parser("down", help="permanently delete the cluster and the imported folder")
+    for action in (up, down):
+        action.add_argument("--host", metavar="URL", help="workspace URL, e.g. https://adb-123.4.azuredatabricks.net")
+        action.add_argument("--profile", metavar="NAME", help="profile in ~/.databrickscfg")
+        action.add_argument("--workspace-dir", metavar="PATH",
+                            help="workspace folder for the notebooks (default from cluster.json)")
+    up.add_argument("--git-url", metavar="URL", help="create a Git folder of this repository instead of importing files")
+    up.add_argument("--wait", action="store_true", help="wait until the cluster runs")
+    up.add_argument("--skip-cluster", action="store_true", help="only import the notebooks")
+    up.set_defaults(func=cmd_databricks_up)
+    down.set_defaults(func=cmd_databricks_down)
+
+
+def cmd_databricks_up(args) -> int:
+    from . import workspace
+
+    workspace.quiet_sdk_warnings()
+    result = workspace.up(host=args.host, profile=args.profile, git_url=args.git_url,
+                          workspace_dir=args.workspace_dir, wait=args.wait, skip_cluster=args.skip_cluster,
+                          log=_progress)
+    print(f"workspace: {result.host}")
+    if result.cluster_id:
+        print(f"cluster:   {result.cluster_name} ({result.cluster_id}, {result.cluster_state}, {result.spark_version})")
+    else:
+        print("cluster:   skipped")
+    print(f"notebooks: {result.workspace_dir} ({result.notebooks})")
+    return 0
+
+
+def cmd_databricks_down(args) -> int:
+    from . import workspace
+
+    workspace.quiet_sdk_warnings()
+    result = workspace.down(host=args.host, profile=args.profile, workspace_dir=args.workspace_dir, log=_progress)
+    print(f"workspace: {result.host}")
+    print(f"clusters deleted: {', '.join(result.deleted_clusters) or 'none'}")
+    print(f"folder deleted:   {result.deleted_folder or 'none'}")
+    return 0
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr)  # stdout is for the summary
 
 
 def one_line(text: str, limit: int = 2000) -> str:

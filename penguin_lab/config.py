@@ -36,3 +36,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Training data whose feature and label arrays take more bytes than this is streamed from its Parquet
+# folder in bounded memory (penguin_lab.batches) instead of loaded whole. Read once, at import;
+# set PENGUIN_LAB_TRAIN_MEMORY_BYTES to change it for a run.
+import os  # noqa: E402  (kept with the setting it serves)
+
+TRAIN_MEMORY_BUDGET_BYTES = int(os.environ.get("PENGUIN_LAB_TRAIN_MEMORY_BYTES", 2 << 30))

@@ -1,53 +1,68 @@
-"""Ingest and prepare the penguin data: read and check the CSV, then Spark cleans, encodes, scales and splits it."""
+"""Prepare the penguins with Spark: drop incomplete and repeated rows, encode, scale, split, write Parquet.
+
+Everything here is Spark work on the checked records of `read.py`, whatever their number: the driver
+receives counts and a handful of island names. The training and test sets are written as Parquet;
+training reads them back (whole when they fit in memory, streamed otherwise: `batches.py`).
+"""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import weakref
 from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from .config import FEATURES, ISLAND, LABEL, MEASUREMENTS, SCALE, TrainConfig
+from .config import FEATURES, ISLAND, LABEL, MEASUREMENTS, SCALE, SPECIES, TrainConfig
 from .errors import LabError
-from .spark import get_spark  # noqa: F401  (re-exported for the notebooks)
-from .validate import read_penguins_csv  # noqa: F401  (re-exported: the one way CSVs are read)
+
+VALUES = [ISLAND, *MEASUREMENTS, LABEL]
 
 
 @dataclass
 class PreparedData:
-    """Model-ready arrays plus what the model must remember to score new penguins."""
+    """Where the prepared Parquet is, and what the model must remember to score new penguins."""
 
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
+    train_path: str
+    test_path: str
     island_vocabulary: list
     counts: dict = field(default_factory=dict)
     feature_ranges: dict = field(default_factory=dict)
+    oversample: int = 1
+
+    @cached_property
+    def _train(self):
+        from .batches import load_arrays
+
+        x, y = load_arrays(self.train_path, FEATURES, LABEL)
+        return (np.tile(x, (self.oversample, 1)), np.tile(y, self.oversample)) if self.oversample > 1 else (x, y)
+
+    @cached_property
+    def _test(self):
+        from .batches import load_arrays
+
+        return load_arrays(self.test_path, FEATURES, LABEL)
+
+    # The arrays are read on first use: a large training set is streamed instead and never loaded whole.
+    x_train = property(lambda self: self._train[0])
+    y_train = property(lambda self: self._train[1])
+    x_test = property(lambda self: self._test[0])
+    y_test = property(lambda self: self._test[1])
 
 
-def spark_prepare(spark, raw: pd.DataFrame):
-    """Spark: drop incomplete rows, encode the island, cast and scale.
+def encode(rows, vocabulary: list):
+    """Spark: the island as its index in the sorted vocabulary, the measurements cast and scaled as in the lab.
 
-    Returns a Spark DataFrame with Row, the FEATURES and the label. The island index is the rank of
-    the island's name in sorted order, so it is the same on every run (the lab's collect_set has no
-    fixed order); `island_vocabulary` reads it back so that it can be saved with the model.
-    """
-    from pyspark.sql import Window
+    The lab's collect_set has no fixed order; the sorted names give the same index on every run, and the
+    vocabulary is saved with the model. Returns Row, Island, the FEATURES and the label."""
     from pyspark.sql import functions as F
 
-    schema = "Row long, Island string, CulmenLength double, CulmenDepth double, " \
-             "FlipperLength double, BodyMass double, Species double"
-    df = spark.createDataFrame(raw[["Row", ISLAND, *MEASUREMENTS, LABEL]], schema=schema)
-    complete = df.dropna()
-    # Exact repeats of a row would land on both sides of the split and leak test answers.
-    unique = complete.dropDuplicates([ISLAND, *MEASUREMENTS, LABEL])
-    # A handful of rows read by the driver: ranking them in one partition is cheap.
-    island_index = F.dense_rank().over(Window.orderBy(ISLAND)) - 1
-    return unique.select(
-        "Row",
-        ISLAND,
-        island_index.cast("float").alias("IslandIdx"),
+    index = F.array_position(F.array(*[F.lit(name) for name in vocabulary]), F.col(ISLAND)) - 1
+    return rows.select(
+        "Row", ISLAND, index.cast("float").alias("IslandIdx"),
         (F.col("CulmenLength") * SCALE["CulmenLength"]).cast("float").alias("CulmenLength"),
         (F.col("CulmenDepth") * SCALE["CulmenDepth"]).cast("float").alias("CulmenDepth"),
         (F.col("FlipperLength") * SCALE["FlipperLength"]).cast("float").alias("FlipperScaled"),
@@ -56,31 +71,32 @@ def spark_prepare(spark, raw: pd.DataFrame):
     )
 
 
-def island_vocabulary(rows: pd.DataFrame) -> list:
-    """Island names in index order, read back from prepared rows."""
-    pairs = rows[[ISLAND, "IslandIdx"]].drop_duplicates().sort_values("IslandIdx")
-    return pairs[ISLAND].tolist()
+def unique_complete(valid):
+    """Spark: complete rows, each distinct row once (the first of its copies in the file).
+
+    Exact repeats of a row would land on both sides of the split and leak test answers."""
+    from pyspark.sql import functions as F
+
+    return (valid.dropna(subset=VALUES).groupBy(*VALUES).agg(F.min("pos").alias("Row")))
 
 
 def spark_split(data, test_fraction: float, seed: int):
     """Stratified, seeded split in Spark: within each species, a fixed share of rows goes to test.
 
-    Rows are ordered by a hash of (seed, row number), so the same seed picks the same rows on any
-    cluster and any number of partitions. Returns the data with a boolean `is_test` column.
-    """
+    Rows are ordered by a hash of the seed and the row's values, so the same seed picks the same rows
+    on any cluster, with any number of partitions and in any file order. Adds a boolean `is_test`."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     by_species = Window.partitionBy(LABEL)
-    ranked = Window.partitionBy(LABEL).orderBy(F.xxhash64(F.lit(seed), F.col("Row")), F.col("Row"))
+    key = F.xxhash64(F.lit(seed), *[F.col(c) for c in [ISLAND, *FEATURES[1:], LABEL]])
+    ranked = Window.partitionBy(LABEL).orderBy(key, F.col("Row"))
     n_test = F.greatest(F.lit(1), F.round(F.count("*").over(by_species) * test_fraction))
     return data.withColumn("is_test", F.row_number().over(ranked) <= n_test)
 
 
 def check_splittable(species_counts: dict, where: str) -> None:
     """Every species present needs a row on each side of the split."""
-    from .config import SPECIES
-
     if sum(species_counts.values()) == 0:
         raise LabError(f"{where}: no complete rows to train on (every row has a missing value)")
     if len(species_counts) < 2:
@@ -91,55 +107,119 @@ def check_splittable(species_counts: dict, where: str) -> None:
                            f"a stratified split needs at least 2 per species")
 
 
-def check_island_spellings(raw: pd.DataFrame, where: str) -> None:
-    """Names that differ only in case ("Biscoe", "biscoe") would become two islands to the model."""
-    names = pd.Series(raw[ISLAND].dropna().unique(), dtype=object)
-    spellings = names.groupby(names.str.casefold()).agg(list)
-    clashing = spellings[spellings.map(len) > 1]
-    if clashing.empty:
-        return
-    spelled = set(clashing.iloc[0])
-    rows = raw[raw[ISLAND].isin(spelled)].drop_duplicates(ISLAND)  # the first row of each spelling
-    (first, first_row), (other, other_row) = list(zip(rows[ISLAND], rows["Row"]))[:2]
-    raise LabError(f"{where}: row {other_row}, column {ISLAND!r}: {other!r} differs only in case from {first!r} "
-                   f"(row {first_row}); expected one spelling per island")
+def write_split(split, folder: Path, seed: int) -> tuple[str, str]:
+    """Write both sides in one Spark job, rows in a seeded random order so that any row group is a fair sample."""
+    from pyspark.sql import functions as F
+
+    from .read import spark_path
+
+    order = F.xxhash64(F.lit(seed + 1), F.col("Row"))
+    side = F.when(F.col("is_test"), "test").otherwise("train").alias("side")
+    # Spark's adaptive execution merges small shuffle partitions: the lab's data is one file.
+    (split.select(side, "Row", *FEATURES, LABEL).repartition(order).sortWithinPartitions(order)
+     .write.partitionBy("side").mode("overwrite").parquet(spark_path(str(folder / "split"))))
+    paths = []
+    for name in ("train", "test"):
+        target = folder / name
+        written = folder / "split" / f"side={name}"
+        if written.is_dir():
+            written.rename(target)
+        else:  # a side with no rows: an empty folder says so
+            target.mkdir()
+        paths.append(str(target))
+    shutil.rmtree(folder / "split", ignore_errors=True)
+    return paths[0], paths[1]
 
 
-def prepare_splits(spark, raw: pd.DataFrame, config: TrainConfig, where: str = "data") -> PreparedData:
-    """Run the Spark preparation and split; collect the two sides as arrays."""
-    check_island_spellings(raw, where)
-    split = spark_split(spark_prepare(spark, raw), config.test_fraction, config.seed)
-    # One Spark job collects everything; sort by row number so order never depends on partitions.
-    rows = split.toPandas().sort_values("Row", kind="stable").reset_index(drop=True)
-    species_counts = rows[LABEL].value_counts().to_dict()
-    check_splittable({int(k): int(v) for k, v in species_counts.items()}, where)
+def overlap_rows(spark, train_path: str, test_path: str) -> int:
+    """Test rows whose features and label also occur in training (a Spark join): answers the model has seen."""
+    from .read import spark_path
 
-    complete_rows = int(raw[[ISLAND, *MEASUREMENTS, LABEL]].notna().all(axis=1).sum())
-    train, test = rows[~rows["is_test"]], rows[rows["is_test"]]
-    x_train = train[FEATURES].to_numpy(np.float32)
-    y_train = train[LABEL].to_numpy(np.int64)
-    if config.oversample > 1:
-        x_train = np.tile(x_train, (config.oversample, 1))
-        y_train = np.tile(y_train, config.oversample)
-    x_test, y_test = test[FEATURES].to_numpy(np.float32), test[LABEL].to_numpy(np.int64)
+    train = spark.read.parquet(spark_path(train_path)).select(*FEATURES, LABEL)
+    test = spark.read.parquet(spark_path(test_path)).select(*FEATURES, LABEL)
+    return test.join(train.distinct(), [*FEATURES, LABEL], "left_semi").count()
+
+
+def side_counts(spark, path: str) -> dict:
+    from pyspark.sql import functions as F
+
+    from .read import spark_path
+
+    if not any(Path(path).glob("*.parquet")):
+        return {}
+    counted = spark.read.parquet(spark_path(path)).groupBy(LABEL).agg(F.count("*").alias("n")).collect()
+    return {int(row[LABEL]): int(row["n"]) for row in counted}
+
+
+def prepare(spark, penguins, config: TrainConfig, folder: Path) -> PreparedData:
+    """The Spark preparation of checked records (read.read_penguins): Parquet in `folder`, counts and vocabulary."""
+    from .read import check_island_spellings
+
+    check_island_spellings(penguins)
+    summary = penguins.summary
+    vocabulary = sorted(name for name, _ in summary.islands)
+    encoded = encode(unique_complete(penguins.valid()), vocabulary)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    train_path, test_path = write_split(spark_split(encoded, config.test_fraction, config.seed), folder, config.seed)
+    train, test = side_counts(spark, train_path), side_counts(spark, test_path)
+    species = {label: train.get(label, 0) + test.get(label, 0) for label in {*train, *test}}
+    check_splittable(species, penguins.where)
+    valid_rows = summary.data_rows - summary.invalid_rows
+    unique = sum(species.values())
     counts = {
-        "input_rows": int(len(raw)),
-        "incomplete_rows": int(len(raw) - complete_rows),
-        "duplicate_rows": int(complete_rows - len(rows)),
-        "train_rows": int(len(x_train)),
-        "test_rows": int(len(x_test)),
-        "overlap_rows": overlap_rows(x_train, y_train, x_test, y_test),
+        "input_rows": valid_rows,
+        "incomplete_rows": valid_rows - summary.complete_rows,
+        "duplicate_rows": summary.complete_rows - unique,
+        "train_rows": sum(train.values()) * config.oversample,
+        "test_rows": sum(test.values()),
+        "overlap_rows": overlap_rows(spark, train_path, test_path),
     }
-    return PreparedData(x_train, y_train, x_test, y_test, island_vocabulary(rows), counts, measurement_ranges(raw))
+    return PreparedData(train_path, test_path, vocabulary, counts, dict(summary.ranges), config.oversample)
 
 
-def overlap_rows(x_train, y_train, x_test, y_test) -> int:
-    """Test rows whose features and label also occur in training: answers the model has seen."""
-    seen = {(*row.tolist(), int(label)) for row, label in zip(x_train, y_train)}
-    return sum((*row.tolist(), int(label)) in seen for row, label in zip(x_test, y_test))
+def prepare_splits(spark, data, config: TrainConfig, where: str = "data", folder: Path | None = None) -> PreparedData:
+    """`prepare` for checked records, or for a small pandas frame of rows (Row, Island, measurements, Species).
+
+    Without `folder`, the Parquet goes to a temporary folder removed with the returned object."""
+    from .read import penguins_from_pandas
+
+    penguins = penguins_from_pandas(spark, data, where) if hasattr(data, "iloc") else data
+    if folder is None:
+        folder = Path(tempfile.mkdtemp(prefix="penguin-lab-prepared-"))
+        prepared = prepare(spark, penguins, config, folder)
+        weakref.finalize(prepared, shutil.rmtree, folder, True)
+        return prepared
+    return prepare(spark, penguins, config, folder)
 
 
-def measurement_ranges(raw: pd.DataFrame) -> dict:
-    """Min and max of each raw measurement, so predict can warn about values far outside them."""
-    complete = raw[[ISLAND, *MEASUREMENTS, LABEL]].dropna()
+def spark_prepare(spark, raw):
+    """The encoded rows of a small pandas frame (for looking at the preparation step by step)."""
+    from .read import penguins_from_pandas
+
+    penguins = penguins_from_pandas(spark, raw, "data")
+    vocabulary = sorted(name for name, _ in penguins.summary.islands)
+    return encode(unique_complete(penguins.valid()), vocabulary)
+
+
+def check_island_spellings(rows, where: str) -> None:
+    """The spelling rule of read.py for a pandas frame of rows (Row, Island)."""
+    from .read import spelling_clash, spelling_message
+
+    firsts = rows.dropna(subset=[ISLAND]).groupby(ISLAND)["Row"].min()
+    clash = spelling_clash([(name, int(row)) for name, row in firsts.items()])
+    if clash:
+        (first, first_row), (other, other_row) = clash
+        raise LabError(spelling_message(where, first, first_row, other, other_row))
+
+
+def island_vocabulary(rows) -> list:
+    """Island names in index order, read back from encoded rows (a pandas frame)."""
+    pairs = rows[[ISLAND, "IslandIdx"]].drop_duplicates().sort_values("IslandIdx")
+    return pairs[ISLAND].tolist()
+
+
+def measurement_ranges(raw) -> dict:
+    """Min and max of each measurement in the complete rows of a pandas frame."""
+    complete = raw[VALUES].dropna()
     return {m: [float(complete[m].min()), float(complete[m].max())] for m in MEASUREMENTS}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,20 +14,42 @@ from .config import DEFAULT_DATA, TrainConfig
 from .errors import LabError
 
 
+def data_loaders(prepared, config: TrainConfig):
+    """(train loader, its before_epoch, test loader): whole in memory when a set fits the budget, else streamed
+    from its Parquet row groups (batches.py)."""
+    from .batches import StreamingBatches, parquet_rows_and_bytes, training_batches
+    from .config import FEATURES, LABEL, TRAIN_MEMORY_BUDGET_BYTES
+    from .train import make_dataset, make_loader, shuffled_sampler
+
+    budget = TRAIN_MEMORY_BUDGET_BYTES
+    streamed = training_batches(prepared.train_path, FEATURES, LABEL, config.batch_size, config.seed, budget)
+    if streamed.streaming:
+        if config.oversample > 1:
+            raise LabError(f"--oversample {config.oversample}: the training set is larger than the memory budget "
+                           f"({budget >> 20} MiB, PENGUIN_LAB_TRAIN_MEMORY_BYTES) and is streamed; copies need it "
+                           f"in memory")
+        train_loader, before_epoch = streamed.loader, streamed.before_epoch
+    else:
+        train_ds = make_dataset(prepared.x_train, prepared.y_train)  # with the --oversample copies
+        train_loader, before_epoch = make_loader(train_ds, config.batch_size, shuffled_sampler(train_ds, config.seed)), None
+    if parquet_rows_and_bytes(prepared.test_path, FEATURES, LABEL)[1] <= budget:
+        test_loader = make_loader(make_dataset(prepared.x_test, prepared.y_test), config.batch_size)
+    else:
+        test_loader = StreamingBatches(prepared.test_path, FEATURES, LABEL, config.batch_size, config.seed)
+    return train_loader, before_epoch, test_loader
+
+
 def train_model(prepared, config: TrainConfig, progress: bool = False):
     """PenguinNet trained with Adam on the prepared data. Returns (model, history, seconds)."""
     import torch
 
     from .model import PenguinNet
-    from .train import fit, make_dataset, make_loader, pick_device, seed_everything, shuffled_sampler, tune_threads
+    from .train import fit, pick_device, seed_everything, tune_threads
 
     tune_threads()
     seed_everything(config.seed)
     device = pick_device()
-    train_ds = make_dataset(prepared.x_train, prepared.y_train)
-    test_ds = make_dataset(prepared.x_test, prepared.y_test)
-    train_loader = make_loader(train_ds, config.batch_size, shuffled_sampler(train_ds, config.seed))
-    test_loader = make_loader(test_ds, config.batch_size)
+    train_loader, before_epoch, test_loader = data_loaders(prepared, config)
     model = PenguinNet(hidden_units=config.hidden_units).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
 
@@ -36,7 +60,8 @@ def train_model(prepared, config: TrainConfig, progress: bool = False):
             bar.set_postfix(loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}", acc=f"{val_accuracy:.3f}")
             bar.update()
     started = time.perf_counter()
-    history = fit(model, train_loader, test_loader, optimizer, config.epochs, device, on_epoch=on_epoch)
+    history = fit(model, train_loader, test_loader, optimizer, config.epochs, device, on_epoch=on_epoch,
+                  before_epoch=before_epoch)
     seconds = time.perf_counter() - started
     if bar is not None:
         bar.close()
@@ -67,23 +92,43 @@ def run_metrics(prepared, history, train_seconds: float, config: TrainConfig, in
     }
 
 
-def write_run(out_dir: Path, model, prepared, history, metrics: dict) -> Path:
-    """Write metrics.json, loss.png, weights.txt and model/ into `out_dir`, all at once."""
+def write_results(staging: Path, model, prepared, history, metrics: dict) -> None:
+    """metrics.json, loss.png, weights.txt, model/ and prepared/ (the Parquet training and test sets) in `staging`."""
+    import shutil
+
     from matplotlib import pyplot as plt
 
-    from .artifacts import save_model, staged_dir
+    from .artifacts import save_model
     from .evaluate import plot_loss, weights_report
 
+    for side, path in (("train", prepared.train_path), ("test", prepared.test_path)):
+        target = staging / "prepared" / side
+        if Path(path).resolve() != target.resolve():  # prepared elsewhere (a notebook's temporary folder)
+            shutil.copytree(path, target)
+    metrics["prepared"] = {"train": "prepared/train", "test": "prepared/test", "format": "parquet"}
     summary = {k: v for k, v in metrics.items() if k != "history"}
-    try:
-        with staged_dir(Path(out_dir)) as staging:
-            save_model(model, staging / "model", prepared.island_vocabulary, prepared.feature_ranges, summary)
-            plt.close(plot_loss(history, staging / "loss.png"))
-            (staging / "weights.txt").write_text(weights_report(model))
-            (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    except OSError as e:  # a full disk or a lost mount: nothing was left behind, say why
-        raise LabError(f"{out_dir}: cannot write the results: {e.strerror or e}; nothing was written") from None
+    save_model(model, staging / "model", prepared.island_vocabulary, prepared.feature_ranges, summary)
+    plt.close(plot_loss(history, staging / "loss.png"))
+    (staging / "weights.txt").write_text(weights_report(model))
+    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def write_run(out_dir: Path, model, prepared, history, metrics: dict) -> Path:
+    """Write a run's results into `out_dir`, all at once."""
+    from .artifacts import staged_dir
+
+    with output_errors(out_dir), staged_dir(Path(out_dir)) as staging:
+        write_results(staging, model, prepared, history, metrics)
     return Path(out_dir)
+
+
+@contextlib.contextmanager
+def output_errors(out_dir):
+    """A full disk or a lost mount: nothing was left behind (staged_dir), say why in one line."""
+    try:
+        yield
+    except OSError as e:
+        raise LabError(f"{out_dir}: cannot write the results: {e.strerror or e}; nothing was written") from None
 
 
 def warm_up_imports() -> None:
@@ -99,27 +144,49 @@ def run_lab(data_path=DEFAULT_DATA, out_dir=None, config: TrainConfig = TrainCon
             progress: bool = False, drop_invalid: bool = False) -> dict:
     """The single-node lab end to end. Returns the metrics written to out_dir/metrics.json.
 
-    Bad input (the data file, the output folder) is a LabError before any training; nothing is
-    written to out_dir unless the whole run succeeds.
+    Spark reads and checks the data, then prepares it into Parquet inside the run's staging folder;
+    bad input is a LabError before any training, and nothing appears in out_dir unless all succeeds.
     """
-    from .artifacts import check_output_dir
-    from .data import get_spark, prepare_splits
-    from .validate import read_penguins_csv
+    from .artifacts import check_output_dir, staged_dir
+    from .data import prepare
+    from .read import read_penguins
+    from .spark import LARGE_INPUT_BYTES, get_spark, input_bytes
 
     started = time.perf_counter()
     check_output_dir(out_dir)
-    # Checking the file takes milliseconds: do it before starting anything, so bad input fails at once.
-    raw, invalid_rows = read_penguins_csv(data_path, drop_invalid=drop_invalid)
     # Start the JVM while Python loads PyTorch and matplotlib: they do not depend on each other.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        spark_ready = pool.submit(get_spark)
+        spark_ready = pool.submit(get_spark, large_input=input_bytes(data_path) >= LARGE_INPUT_BYTES)
         warm_up_imports()
         spark = spark_ready.result()
-    prepared = prepare_splits(spark, raw, config, where=str(data_path))
-    model, history, train_seconds = train_model(prepared, config, progress)
-    metrics = run_metrics(prepared, history, train_seconds, config, invalid_rows,
-                          raw.attrs.get("repeated_header_rows", 0))
-    metrics["data"] = str(data_path)
-    metrics["total_seconds"] = round(time.perf_counter() - started, 4)
-    write_run(Path(out_dir), model, prepared, history, metrics)
+    seconds = {}
+    with output_errors(out_dir), staged_dir(Path(out_dir)) as staging:
+        with stage(seconds, "read"):
+            penguins = read_penguins(spark, data_path, _scratch(staging), drop_invalid=drop_invalid)
+        with stage(seconds, "prepare"):
+            prepared = prepare(spark, penguins, config, staging / "prepared")
+        model, history, train_seconds = train_model(prepared, config, progress)
+        metrics = run_metrics(prepared, history, train_seconds, config, penguins.summary.invalid_rows,
+                              penguins.repeated_header_rows)
+        metrics["data"] = str(data_path)
+        with stage(seconds, "write"):
+            shutil.rmtree(staging / ".scratch", ignore_errors=True)
+            write_results(staging, model, prepared, history, metrics)
+            metrics["stage_seconds"] = {**seconds, "train": round(train_seconds, 4)}
+            metrics["total_seconds"] = round(time.perf_counter() - started, 4)
+            (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    metrics["total_seconds"] = round(time.perf_counter() - started, 4)  # the last file is in place
     return metrics
+
+
+def _scratch(staging: Path) -> Path:
+    folder = staging / ".scratch"  # UTF-8 copies of inputs that need one; removed before the results appear
+    folder.mkdir()
+    return folder
+
+
+@contextlib.contextmanager
+def stage(seconds: dict, name: str):
+    started = time.perf_counter()
+    yield
+    seconds[name] = round(time.perf_counter() - started, 4)

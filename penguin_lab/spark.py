@@ -8,9 +8,14 @@ roughly halves the time to a prepared dataset. Without the archive everything wo
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 _LOG4J = Path(__file__).with_name("log4j2.properties")
@@ -21,15 +26,20 @@ def class_archive() -> Path:
     return Path(sys.prefix) / "penguin-lab-spark.jsa"
 
 
-def java_options(record_archive: Path | None = None) -> str:
+# Inputs at least this large keep the JVM's optimizing compiler: it halves the time to read them.
+LARGE_INPUT_BYTES = 32 << 20
+
+
+def java_options(record_archive: Path | None = None, large_input: bool = False) -> str:
     options = [
         f"-Dlog4j2.configurationFile=file:{_LOG4J}",  # only errors reach the console
-        # A short-lived JVM on small data: the quick first-tier compiler and a serial GC start faster
-        # than the optimizing compiler pays back.
-        "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC",
         # An archive from another JVM is ignored with a warning; keep such notes off the output.
         "-Xlog:disable", "-Xlog:all=error:stderr",
     ]
+    if not large_input:
+        # A short-lived JVM on small data: the quick first-tier compiler and a serial GC start faster
+        # than the optimizing compiler pays back.
+        options += ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]
     if record_archive is not None:
         options.append(f"-XX:ArchiveClassesAtExit={record_archive}")
     elif class_archive().is_file():
@@ -37,63 +47,66 @@ def java_options(record_archive: Path | None = None) -> str:
     return " ".join(options)
 
 
-def get_spark(record_archive: Path | None = None):
+def jvm_log() -> Path:
+    """Where this process's Spark JVM writes its console (start-up notes, logged errors and their stacks)."""
+    return Path(tempfile.gettempdir()) / f"penguin-lab-spark-{os.getpid()}.log"
+
+
+def _open_jvm_log():
+    """This process's JVM log, for appending; logs older than a day, of runs long finished, are removed."""
+    for old in jvm_log().parent.glob("penguin-lab-spark-*.log"):
+        with contextlib.suppress(OSError):
+            if time.time() - old.stat().st_mtime > 86400:
+                old.unlink()
+    return open(jvm_log(), "ab")
+
+
+def input_bytes(path) -> int:
+    """The size of a local input file or folder (0 for a table or a remote path): to pick the JVM's settings."""
+    path = Path(str(path))
+    with contextlib.suppress(OSError):
+        if path.is_file():
+            return path.stat().st_size
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return 0
+
+
+def get_spark(record_archive: Path | None = None, large_input: bool = False):
     """The active session (a Databricks notebook's `spark`), or a new embedded local one."""
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    from pyspark import SparkConf, SparkContext
+    from pyspark.java_gateway import launch_gateway
+
     # Python tasks (TorchDistributor's barrier tasks) must run in this interpreter, not `python3` on PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    spark = (
-        SparkSession.builder.master(os.environ.get("PENGUIN_LAB_SPARK_MASTER", "local[2]"))
-        .appName("penguin-lab")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.driver.extraJavaOptions", java_options(record_archive))
-        .getOrCreate()
-    )
+    master = os.environ.get("PENGUIN_LAB_SPARK_MASTER", "local[2]")
+    conf = SparkConf().setMaster(master).setAppName("penguin-lab").setAll([
+        ("spark.ui.enabled", "false"),
+        ("spark.ui.showConsoleProgress", "false"),
+        ("spark.sql.shuffle.partitions", "2"),
+        ("spark.sql.execution.arrow.pyspark.enabled", "true"),
+        ("spark.driver.extraJavaOptions", java_options(record_archive, large_input)),
+    ])
+    if os.environ.get("PENGUIN_LAB_DRIVER_MEMORY"):  # the heap is fixed when spark-submit starts the JVM
+        conf.set("spark.driver.memory", os.environ["PENGUIN_LAB_DRIVER_MEMORY"])
+    cluster = re.fullmatch(r"local-cluster\[\s*\d+\s*,\s*\d+\s*,\s*(\d+)\s*\]", master)
+    if cluster:  # Spark's default 1g executors do not fit workers given less memory
+        conf.set("spark.executor.memory", f"{cluster[1]}m")
+    if SparkContext._gateway is None:
+        # The JVM's console (the launcher's "Using incubator modules", Spark's "Setting default log
+        # level") goes to a log file, not the user's terminal; errors reach Python as exceptions.
+        with _open_jvm_log() as log:  # the JVM prints some start-up failures on stdout
+            SparkContext(conf=conf, gateway=launch_gateway(conf, popen_kwargs={"stdout": log, "stderr": log}))
+    spark = SparkSession.builder.config(conf=conf).getOrCreate()
+    # PySpark 4 also logs a failed DataFrame call as a JSON record on stderr; the exception is enough.
+    with contextlib.suppress(ImportError):
+        from pyspark.logger import PySparkLogger
+        for name in ("DataFrameQueryContextLogger", "SQLQueryContextLogger"):
+            PySparkLogger.getLogger(name).setLevel(logging.CRITICAL)
     spark.sparkContext.setLogLevel("ERROR")
     return spark
-
-
-def _record(archive: Path) -> None:
-    """Run a preparation on the shipped data in a JVM that writes its classes to `archive` at exit."""
-    from .config import DEFAULT_DATA, TrainConfig
-    from .data import prepare_splits
-    from .validate import read_penguins_csv
-
-    raw, _ = read_penguins_csv(DEFAULT_DATA)
-    spark = get_spark(record_archive=archive)
-    prepare_splits(spark, raw, TrainConfig())
-    # The JVM writes the archive as it exits, which it does when its stdin closes; wait for that.
-    jvm = spark.sparkContext._gateway.proc
-    spark.stop()
-    jvm.stdin.close()
-    jvm.wait(timeout=300)
-
-
-def build_class_archive() -> Path:
-    """Record the archive in a child process; it is complete once that JVM has exited, then renamed."""
-    final = class_archive()
-    partial = final.with_name(f"{final.name}.partial-{os.getpid()}")
-    try:
-        subprocess.run([sys.executable, "-m", "penguin_lab.spark", "--record", str(partial)], check=True,
-                       stdout=subprocess.DEVNULL, timeout=600)
-        if not partial.is_file() or partial.stat().st_size == 0:
-            raise RuntimeError(f"the JVM wrote no class archive to {partial}")
-        os.replace(partial, final)
-    finally:
-        partial.unlink(missing_ok=True)
-    return final
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["--record"]:
-        _record(Path(sys.argv[2]))
-    else:
-        path = build_class_archive()
-        print(f"Spark class-data archive: {path} ({path.stat().st_size >> 20} MiB)")

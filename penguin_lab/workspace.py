@@ -11,7 +11,6 @@ import base64
 import json
 import logging
 import re
-import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -451,68 +450,10 @@ def _files_to_import(workspace: dict, source_root: Path, folder: str) -> list[tu
     return uploads
 
 
-# --- command line ---------------------------------------------------------------------------
+# --- logging --------------------------------------------------------------------------------
 
 
-def register(subparsers) -> None:
-    """Add `databricks up|down` to the main parser's subcommands; each sets args.func(args)."""
-    parser = subparsers.add_parser(
-        "databricks",
-        help="create or remove the lab cluster and notebooks in an existing Databricks workspace",
-        description="Create or remove the lab cluster and notebooks in a Databricks workspace you already have. "
-        "Credentials come from --host/--profile, DATABRICKS_HOST and DATABRICKS_TOKEN, or ~/.databrickscfg.",
-    )
-    actions = parser.add_subparsers(dest="databricks_action", metavar="{up,down}", required=True)
-
-    up_parser = actions.add_parser("up", help="create or reuse the cluster and import the notebooks")
-    down_parser = actions.add_parser("down", help="permanently delete the cluster and the imported folder")
-    for action in (up_parser, down_parser):
-        action.add_argument("--host", metavar="URL", help="workspace URL, e.g. https://adb-123.4.azuredatabricks.net")
-        action.add_argument("--profile", metavar="NAME", help="profile in ~/.databrickscfg")
-        action.add_argument(
-            "--workspace-dir", metavar="PATH", help="workspace folder for the notebooks (default from cluster.json)"
-        )
-    up_parser.add_argument("--git-url", metavar="URL", help="create a Git folder of this repository instead of importing files")
-    up_parser.add_argument("--wait", action="store_true", help="wait until the cluster runs")
-    up_parser.add_argument("--skip-cluster", action="store_true", help="only import the notebooks")
-    up_parser.set_defaults(func=_run_up)
-    down_parser.set_defaults(func=_run_down)
-
-
-def _run_up(args) -> int:
-    _quiet_sdk_warnings()
-    result = up(
-        host=args.host,
-        profile=args.profile,
-        git_url=args.git_url,
-        workspace_dir=args.workspace_dir,
-        wait=args.wait,
-        skip_cluster=args.skip_cluster,
-        log=_progress,
-    )
-    print(f"workspace: {result.host}")
-    if result.cluster_id:
-        print(f"cluster:   {result.cluster_name} ({result.cluster_id}, {result.cluster_state}, {result.spark_version})")
-    else:
-        print("cluster:   skipped")
-    print(f"notebooks: {result.workspace_dir} ({result.notebooks})")
-    return 0
-
-
-def _run_down(args) -> int:
-    _quiet_sdk_warnings()
-    result = down(host=args.host, profile=args.profile, workspace_dir=args.workspace_dir, log=_progress)
-    print(f"workspace: {result.host}")
-    print(f"clusters deleted: {', '.join(result.deleted_clusters) or 'none'}")
-    print(f"folder deleted:   {result.deleted_folder or 'none'}")
-    return 0
-
-
-def _progress(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
-def _quiet_sdk_warnings() -> None:
-    # The SDK warns when a best-effort probe fails (e.g. host metadata); a failure that matters
-    # reaches the user as one LabError line instead.
+def quiet_sdk_warnings() -> None:
+    """The SDK warns when a best-effort probe fails (e.g. host metadata); a failure that matters
+    reaches the user as one LabError line instead."""
     logging.getLogger("databricks.sdk").setLevel(logging.ERROR)

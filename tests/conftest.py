@@ -20,7 +20,7 @@ def spark():
 
 @pytest.fixture(scope="session")
 def raw():
-    from penguin_lab.validate import read_penguins_csv
+    from penguin_lab.read import read_penguins_csv
 
     frame, _ = read_penguins_csv(DATA)
     return frame
@@ -51,7 +51,7 @@ def saved_model(tmp_path_factory):
     from penguin_lab.artifacts import save_model
     from penguin_lab.data import measurement_ranges
     from penguin_lab.model import PenguinNet
-    from penguin_lab.validate import read_penguins_csv
+    from penguin_lab.read import read_penguins_csv
 
     torch.manual_seed(0)
     frame, _ = read_penguins_csv(DATA)

@@ -23,7 +23,8 @@ from penguin_lab.artifacts import load_model
 from penguin_lab.cli import main
 from penguin_lab.config import ISLAND, LABEL, MEASUREMENTS
 from penguin_lab.errors import LabError
-from penguin_lab.validate import MAX_MEASUREMENT, read_penguins_csv
+from penguin_lab.read import read_penguins_csv
+from penguin_lab.validate import MAX_MEASUREMENT
 
 COLUMNS = [ISLAND, *MEASUREMENTS, LABEL]
 ENCODINGS = ["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-32", "cp1252", "latin-1"]

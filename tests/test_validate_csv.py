@@ -17,7 +17,8 @@ from conftest import DATA, assert_one_line_error, run_cli
 from penguin_lab.config import TrainConfig
 from penguin_lab.data import prepare_splits
 from penguin_lab.errors import LabError
-from penguin_lab.validate import MAX_LINE_CHARS, MISSING, read_penguins_csv
+from penguin_lab.read import read_penguins_csv
+from penguin_lab.validate import MAX_LINE_CHARS, MISSING
 
 HEADER = "Island,CulmenLength,CulmenDepth,FlipperLength,BodyMass,Species"
 ROWS = ["Torgersen,39.1,18.7,181,3750,0", "Biscoe,46.1,13.2,211,4500,1", "Dream,46.5,17.9,192,3500,2"]

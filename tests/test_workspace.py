@@ -6,7 +6,6 @@ endpoints the Databricks SDK calls and records each request; the SDK itself runs
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import os
@@ -737,9 +736,9 @@ def test_the_package_imports_without_the_databricks_sdk():
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="penguin-lab")
-    workspace.register(parser.add_subparsers(dest="command", required=True))
-    return parser
+    from penguin_lab.cli import build_parser
+
+    return build_parser()
 
 
 def test_register_adds_databricks_up_and_down_with_their_options():

@@ -1,0 +1,437 @@
+"""Spark reads the penguins: a CSV file or folder, a Parquet file or folder, or a table; every record is checked.
+
+Every record keeps its place in its file as (file, block, position): Spark numbers records within
+each block of a file as it reads them. Line numbers are worked out from those only when a message or
+a caller needs them, so a valid file of any size is read without collecting anything on the driver.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import ISLAND, LABEL, MEASUREMENTS
+from .errors import LabError
+from .sniff import CsvFile, find_columns, sniff_csv
+from .validate import MAX_LINE_CHARS, folded, message, normalize_name, problem, stripped, value_checks
+
+COLUMNS = [ISLAND, *MEASUREMENTS, LABEL]
+PLACE = ["file", "block", "pos"]
+# The island index is a model input: thousands of names mean the column holds something else.
+MAX_ISLANDS = 1000
+# Quoted line breaks are rare; more than this many lines inside quotes is not a penguin file.
+MAX_QUOTED_LINES = 1_000_000
+_TABLE_NAME = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_`][\w`-]*){1,2}$")
+
+
+@dataclass
+class Summary:
+    """What one pass over every record found."""
+
+    data_rows: int = 0
+    header_rows: int = 0
+    invalid_rows: int = 0
+    odd_quote_lines: int = 0
+    complete_rows: int = 0
+    first_problem: dict | None = None
+    islands: list = field(default_factory=list)  # (name, place of its first record)
+    ranges: dict = field(default_factory=dict)
+
+
+# --- where the data is ---------------------------------------------------------------------------------
+
+def spark_path(path: str) -> str:
+    """A local path as Spark reads it: /dbfs/x is dbfs:/x on Databricks; glob characters are escaped."""
+    import os
+
+    if "DATABRICKS_RUNTIME_VERSION" in os.environ and path.startswith("/dbfs/"):
+        return "dbfs:/" + path[len("/dbfs/"):]
+    if "://" in path or path.startswith(("dbfs:", "/Volumes/")):
+        return path
+    return re.sub(r"([*?\[\]{}\\])", r"\\\1", str(Path(path).resolve()))
+
+
+def _is_parquet(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
+def _data_files(folder: Path) -> list:
+    """The data files of a folder Spark (or a person) wrote: hidden and marker files are not data."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(("_", ".")))
+
+
+def lines_of(spark, files: list) -> list:
+    """The lines of each CSV file, with its file index, block and position in the block."""
+    from pyspark.sql import functions as F
+
+    return [spark.read.text(spark_path(f.text_path)).select(
+        F.lit(i).alias("file"), F.col("_metadata.file_block_start").alias("block"),
+        F.monotonically_increasing_id().alias("pos"), "value") for i, f in enumerate(files)]
+
+
+def union(frames: list):
+    """One DataFrame of several with the same columns (the partitions of each, in order)."""
+    result = frames[0]
+    for frame in frames[1:]:
+        result = result.unionByName(frame)
+    return result
+
+
+# --- from a line to a record ---------------------------------------------------------------------------
+
+def _fields(value, delimiter: str):
+    """The fields of a line: a plain split, or a quote-aware one (with unquoting) when the line has quotes."""
+    from pyspark.sql import functions as F
+
+    d = "\\t" if delimiter == "\t" else re.escape(delimiter)
+    outside_quotes = f'{d}(?=(?:[^"]*"[^"]*")*[^"]*\\z)'
+    quoted = r'^"(?:[^"]|"")*"\z'
+
+    def unquote(f):
+        lead = F.ltrim(f)
+        inside = lead.substr(F.lit(2), F.length(lead) - 2)
+        return F.when(lead.rlike(quoted), F.regexp_replace(inside, '""', '"')).otherwise(f)
+
+    has_quote = F.instr(value, '"') > 0
+    split_quoted = F.split(value, outside_quotes, -1)
+    fields = F.when(has_quote, F.transform(split_quoted, unquote)).otherwise(F.split(value, d, -1))
+    bad_quote = has_quote & F.exists(split_quoted, lambda f: F.ltrim(f).startswith('"') & ~F.ltrim(f).rlike(quoted))
+    return fields, bad_quote
+
+
+def csv_records(lines, f: CsvFile, require_label: bool):
+    """The records of one CSV file's lines: kind (blank, sep, header or data), values and the first problem."""
+    from pyspark.sql import functions as F
+
+    value = F.col("value")
+    fields, bad_quote = _fields(value, f.delimiter)
+    count = F.size(fields)
+    width, header_width = max(f.position.values()) + 1, len(f.header)
+    texts = {c: stripped(F.get(fields, F.lit(i))) for c, i in f.position.items()}
+    is_header = value == f.header_text
+    names_again = None
+    for column, i in f.position.items():  # a copy of the header inside the data, as `cat a.csv b.csv` leaves it
+        same = folded(F.get(fields, F.lit(i))) == normalize_name(column)
+        names_again = same if names_again is None else names_again & same
+    d = "\\t" if f.delimiter == "\t" else re.escape(f.delimiter)
+    kind = (F.when(value.rlike(f"^[\\s{d}]*$"), "blank")
+            .when(F.lit(f.sep_line is not None) & (value == F.lit(f.sep_line or "")), "sep")
+            .when(is_header | names_again, "header").otherwise("data"))
+    parsed, found = value_checks(texts, f.delimiter != ",", require_label)
+    extra = F.slice(fields, header_width + 1, F.greatest(count - header_width, F.lit(1)))
+    shape = (F.when(F.length(value) >= MAX_LINE_CHARS, problem("long_line"))
+             .when(bad_quote, problem("text_after_quote"))
+             .when(count < width, problem("too_few_fields", None, count))
+             .when((count > header_width) & F.exists(extra, lambda x: stripped(x) != ""),
+                   problem("too_many_fields", None, count)))
+    quotes = F.length(value) - F.length(F.regexp_replace(value, '"', ""))
+    return lines.select(*PLACE, kind.alias("kind"), (quotes % 2 == 1).alias("odd_quotes"),
+                        *[parsed[c].alias(c) for c in COLUMNS],
+                        F.coalesce(shape, found).alias("problem"))
+
+
+def table_records(frame, where: str, require_label: bool):
+    """Records of Parquet files or a table (with PLACE columns): columns found by name, checked by the same rules."""
+    from pyspark.sql import functions as F
+
+    names = [c for c in frame.columns if c not in PLACE]
+    position = find_columns(names, require_label, where, 1, ",")
+    texts = {c: stripped(F.col(f"`{names[i]}`").cast("string")) for c, i in position.items()}
+    parsed, found = value_checks(texts, False, require_label)
+    return frame.select(*PLACE, F.lit("data").alias("kind"), F.lit(False).alias("odd_quotes"),
+                        *[parsed[c].alias(c) for c in COLUMNS], found.alias("problem"))
+
+
+# --- one pass over every record ----------------------------------------------------------------------
+
+def summarize(records) -> Summary:
+    """Counts, the first problem, the islands and the measurement ranges, in one Spark job.
+
+    Grouped by island, so the driver receives one row per island name (at most MAX_ISLANDS + 1 are read)."""
+    from pyspark.sql import functions as F
+
+    data = F.col("kind") == "data"
+    valid = data & F.col("problem").isNull()
+    complete = valid
+    for column in COLUMNS:
+        complete = complete & F.col(column).isNotNull()
+    place = F.struct(*PLACE)
+    first_problem = F.min(F.when(data & F.col("problem").isNotNull(),
+                                 F.struct(*PLACE, "problem.kind", "problem.column", "problem.value")))
+    groups = (records.filter(F.col("kind") != "blank")
+              .groupBy(F.when(valid, F.col(ISLAND)).alias("island"))
+              .agg(F.sum(data.cast("long")).alias("data"), F.sum((F.col("kind") == "header").cast("long")).alias("headers"),
+                   F.sum((data & F.col("problem").isNotNull()).cast("long")).alias("invalid"),
+                   F.sum(F.col("odd_quotes").cast("long")).alias("odd"), F.sum(complete.cast("long")).alias("complete"),
+                   first_problem.alias("first_problem"), F.min(F.when(valid, place)).alias("first"),
+                   *[F.min(F.when(complete, F.col(c))).alias(f"min_{c}") for c in MEASUREMENTS],
+                   *[F.max(F.when(complete, F.col(c))).alias(f"max_{c}") for c in MEASUREMENTS]))
+    summary, ranges = Summary(), {}
+    for group in groups.toLocalIterator():
+        summary.data_rows += group["data"]
+        summary.header_rows += group["headers"]
+        summary.invalid_rows += group["invalid"]
+        summary.odd_quote_lines += group["odd"]
+        summary.complete_rows += group["complete"]
+        found = group["first_problem"]
+        if found is not None and (summary.first_problem is None or tuple(found[:3]) < summary.first_problem["at"]):
+            summary.first_problem = {"at": tuple(found[:3]), "kind": found[3], "column": found[4], "value": found[5]}
+        if group["island"] is not None:
+            summary.islands.append((group["island"], tuple(group["first"])))
+            if len(summary.islands) > MAX_ISLANDS:
+                summary.islands.append(None)  # more than anyone means: stop collecting
+                break
+        for c in MEASUREMENTS:
+            low, high = group[f"min_{c}"], group[f"max_{c}"]
+            if low is not None:
+                old = ranges.get(c, [low, high])
+                ranges[c] = [min(old[0], low), max(old[1], high)]
+    summary.ranges = ranges
+    return summary
+
+
+# --- line numbers, worked out when needed --------------------------------------------------------------
+
+class Numbering:
+    """Line (or row) numbers from (file, block, pos): a count of the lines in each block, done once."""
+
+    def __init__(self, lines):
+        self.lines = lines
+        self._blocks = None
+
+    def blocks(self) -> dict:
+        if self._blocks is None:
+            from pyspark.sql import functions as F
+
+            counted = self.lines.groupBy("file", "block").agg(F.count("*").alias("n"), F.min("pos").alias("first"))
+            before, self._blocks = {}, {}
+            for row in sorted(counted.collect(), key=lambda r: (r["file"], r["block"])):
+                offset = before.get(row["file"], 0)
+                self._blocks[(row["file"], row["block"])] = (offset, row["first"])
+                before[row["file"]] = offset + row["n"]
+        return self._blocks
+
+    def line(self, place) -> int:
+        file, block, pos = place
+        offset, first = self.blocks()[(file, block)]
+        return offset + pos - first + 1
+
+    def numbered(self, frame, spark):
+        """`frame` with a `line` column, for every record (a broadcast join with the small block table)."""
+        from pyspark.sql import functions as F
+
+        table = spark.createDataFrame([(f, b, o, first) for (f, b), (o, first) in self.blocks().items()],
+                                      "file int, block long, offset long, first long")
+        return (frame.join(F.broadcast(table), ["file", "block"])
+                .withColumn("line", F.col("offset") + F.col("pos") - F.col("first") + 1)
+                .drop("offset", "first"))
+
+
+def merge_quoted_lines(spark, lines, numbering: Numbering, files: list):
+    """Lines inside a quoted field belong to the record the quote opened on: join them to it with \\n.
+
+    Only the lines with an odd number of quotes are read by the driver; a quote left open is an error."""
+    from pyspark.sql import functions as F
+
+    quotes = F.length("value") - F.length(F.regexp_replace("value", '"', ""))
+    numbered = numbering.numbered(lines, spark)
+    odd = numbered.filter(quotes % 2 == 1).select("file", "line").orderBy("file", "line").limit(MAX_QUOTED_LINES + 1)
+    by_file = {}
+    for row in odd.collect():
+        by_file.setdefault(row["file"], []).append(row["line"])
+    continued = []
+    for file, marks in by_file.items():
+        if len(marks) % 2:
+            raise LabError(message(files[file].where, marks[-1], {"kind": "unclosed_quote"}))
+        for start, end in zip(marks[::2], marks[1::2]):
+            continued += [(file, line, start) for line in range(start, end + 1)]
+            if len(continued) > MAX_QUOTED_LINES:
+                raise LabError(f"{files[file].where}: row {start}: more than {MAX_QUOTED_LINES} lines inside quotes; "
+                               f"expected one line per penguin")
+    table = spark.createDataFrame(continued, "file int, line long, start long")
+    joined = numbered.join(F.broadcast(table), ["file", "line"], "left")
+    single = joined.filter(F.col("start").isNull()).select("file", "block", "pos", "value")
+    parts = F.array_sort(F.collect_list(F.struct("line", "value")))
+    merged = (joined.filter(F.col("start").isNotNull()).groupBy("file", "start")
+              .agg(F.min(F.struct("block", "pos")).alias("at"),
+                   F.concat_ws("\n", F.transform(parts, lambda p: p["value"])).alias("value"))
+              .select("file", "at.block", "at.pos", "value"))
+    return single.unionByName(merged)
+
+
+# --- the reader ----------------------------------------------------------------------------------------
+
+@dataclass
+class Penguins:
+    """The checked records of an input, as a Spark DataFrame, and what reading them found."""
+
+    where: str
+    records: object          # Spark DataFrame: PLACE, kind, odd_quotes, COLUMNS, problem
+    summary: Summary
+    numbering: Numbering
+    files: list              # CsvFile per file index (CSV), or names (Parquet)
+
+    def valid(self):
+        """The data records that follow every rule: PLACE and COLUMNS (missing values are null)."""
+        from pyspark.sql import functions as F
+
+        return self.records.filter((F.col("kind") == "data") & F.col("problem").isNull()).select(*PLACE, *COLUMNS)
+
+    @property
+    def repeated_header_rows(self) -> int:
+        return max(0, self.summary.header_rows - len(self.files)) if self.files and hasattr(self.files[0], "header") \
+            else 0
+
+    def line(self, place) -> int:
+        return self.numbering.line(place)
+
+    def where_of(self, place) -> str:
+        file = self.files[place[0]]
+        return getattr(file, "where", file)
+
+
+def _sources(spark, path: str, scratch: Path, require_label: bool):
+    """(records, lines, files) for a path: CSV, Parquet (file or folder), a Delta folder or a table name."""
+    from pyspark.sql import functions as F
+
+    local = Path(path)
+    if not local.exists() and _TABLE_NAME.match(path) and not path.lower().endswith((".csv", ".parquet", ".txt")):
+        return _table(spark, path, spark.read.table(path), require_label)
+    if local.is_dir() and (local / "_delta_log").is_dir():
+        return _table(spark, path, spark.read.format("delta").load(spark_path(path)), require_label)
+    files = _data_files(local) if local.is_dir() else [local]
+    if local.is_dir() and not files:
+        raise LabError(f"{path}: is a folder; expected a CSV file")  # or a folder holding CSV or Parquet files
+    if all(_is_parquet(f) for f in files):
+        where = [str(f) for f in files]
+        frames = [spark.read.parquet(spark_path(str(f))).select(
+            F.lit(i).alias("file"), F.col("_metadata.file_block_start").alias("block"),
+            F.monotonically_increasing_id().alias("pos"), "*") for i, f in enumerate(files)]
+        records = [table_records(frame, str(f), require_label) for frame, f in zip(frames, files)]
+        return union(records), union([frame.select(*PLACE) for frame in frames]), where
+    csvs = [sniff_csv(f, scratch, require_label, where=path if f is local else str(f)) for f in files]
+    # Each file is parsed with its own header; the numbering sees the same scans in the same order.
+    per_file = lines_of(spark, csvs)
+    return union([csv_records(lines, f, require_label) for lines, f in zip(per_file, csvs)]), union(per_file), csvs
+
+
+def _table(spark, where: str, frame, require_label: bool):
+    from pyspark.sql import functions as F
+
+    placed = frame.select(F.lit(0).alias("file"), F.spark_partition_id().cast("long").alias("block"),
+                          F.monotonically_increasing_id().alias("pos"), "*")
+    return table_records(placed, where, require_label), placed.select(*PLACE), [where]
+
+
+def read_penguins(spark, path, scratch: Path, require_label: bool = True, drop_invalid: bool = False) -> Penguins:
+    """Read and check every record with Spark. A broken rule is a LabError naming file, row and column (or, with
+    drop_invalid, the record is dropped and counted). `scratch` holds UTF-8 copies of files that need one."""
+    path = str(path)
+    if not Path(path).exists() and not _TABLE_NAME.match(path):
+        raise LabError(f"{path}: no such file; expected a CSV file")
+    records, lines, files = _sources(spark, path, scratch, require_label)
+    numbering = Numbering(lines)
+    summary = summarize(records)
+    if summary.odd_quote_lines:
+        records = _csv_union(merge_quoted_lines(spark, lines, numbering, files), files, require_label)
+        summary = summarize(records)
+    penguins = Penguins(path, records, summary, numbering, files)
+    _check(penguins, drop_invalid)
+    return penguins
+
+
+def _csv_union(lines, files, require_label):
+    from pyspark.sql import functions as F
+
+    return union([csv_records(lines.filter(F.col("file") == i), f, require_label) for i, f in enumerate(files)])
+
+
+def _check(penguins: Penguins, drop_invalid: bool) -> None:
+    summary = penguins.summary
+    found = summary.first_problem
+    if found is not None and not drop_invalid:
+        file = penguins.files[found["at"][0]]
+        if found["kind"] in ("too_few_fields", "too_many_fields"):
+            found = {**found, "count": int(found["value"]), "header": len(file.header), "delimiter": file.delimiter}
+        raise LabError(message(penguins.where_of(found["at"]), penguins.line(found["at"]), found))
+    if summary.islands and summary.islands[-1] is None:
+        raise LabError(f"{penguins.where}: column {ISLAND!r}: more than {MAX_ISLANDS} different names; "
+                       f"expected the names of the islands the penguins live on")
+    valid = summary.data_rows - summary.invalid_rows
+    if valid == 0:
+        if summary.data_rows:
+            raise LabError(f"{penguins.where}: all {summary.data_rows} data rows are invalid and were dropped "
+                           f"(--drop-invalid); expected at least one valid row")
+        first = penguins.files[0]
+        line = f"row {first.header_line}: " if hasattr(first, "header_line") else ""
+        raise LabError(f"{penguins.where}: {line}no data rows after the header; expected one row per penguin")
+
+
+def spelling_clash(islands: list):
+    """The first two names that differ only in case ("Biscoe", "biscoe"), which the model would take for two
+    islands, as ((name, place), (name, place)) in file order; None when every island has one spelling."""
+    spellings = {}
+    for name, place in sorted(islands, key=lambda item: item[1]):
+        spellings.setdefault(name.casefold(), []).append((name, place))
+    clashes = [names[:2] for names in spellings.values() if len(names) > 1]
+    return min(clashes, key=lambda pair: pair[1][1]) if clashes else None
+
+
+def spelling_message(where: str, first: str, first_row: int, other: str, other_row: int) -> str:
+    return (f"{where}: row {other_row}, column {ISLAND!r}: {other!r} differs only in case from {first!r} "
+            f"(row {first_row}); expected one spelling per island")
+
+
+def check_island_spellings(penguins: Penguins) -> None:
+    clash = spelling_clash(penguins.summary.islands)
+    if clash:
+        (first, first_at), (other, other_at) = clash
+        raise LabError(spelling_message(penguins.where_of(other_at), first, penguins.line(first_at),
+                                        other, penguins.line(other_at)))
+
+
+class GivenNumbers(Numbering):
+    """Rows that carry their line number as their position (rows built in memory)."""
+
+    def line(self, place) -> int:
+        return place[2]
+
+
+def penguins_from_pandas(spark, frame, where: str) -> Penguins:
+    """Checked records from a pandas frame of rows already read (Row, Island, measurements, Species)."""
+    from pyspark.sql import functions as F
+
+    schema = "pos long, Island string, CulmenLength double, CulmenDepth double, FlipperLength double, " \
+             "BodyMass double, Species double"
+    rows = spark.createDataFrame(frame[["Row", *COLUMNS]].astype({"Row": "int64"}), schema=schema)
+    records = rows.select(F.lit(0).alias("file"), F.lit(0).cast("long").alias("block"), "pos",
+                          F.lit("data").alias("kind"), F.lit(False).alias("odd_quotes"), *COLUMNS,
+                          F.lit(None).cast("struct<kind:string,column:string,value:string>").alias("problem"))
+    return Penguins(where, records, summarize(records), GivenNumbers(records), [where])
+
+
+def read_penguins_csv(path, require_label: bool = True, drop_invalid: bool = False, spark=None):
+    """A small input's checked rows as pandas: Row (line number), Island, the measurements, Species.
+
+    For `predict --csv` and for looking at a file: it collects every row on the driver. Returns
+    (frame, invalid_rows_dropped); frame.attrs["repeated_header_rows"] counts skipped header copies."""
+    import tempfile
+
+    from .spark import get_spark
+
+    spark = spark or get_spark()
+    with tempfile.TemporaryDirectory(prefix="penguin-lab-read-") as scratch:
+        penguins = read_penguins(spark, path, Path(scratch), require_label, drop_invalid)
+        rows = penguins.numbering.numbered(penguins.valid(), spark).withColumnRenamed("line", "Row")
+        frame = rows.select("Row", *COLUMNS).toPandas()
+    frame = frame.sort_values("Row", kind="stable").reset_index(drop=True)
+    for column in [*MEASUREMENTS, LABEL]:
+        frame[column] = frame[column].astype("float64")
+    frame[ISLAND] = frame[ISLAND].astype(object).where(frame[ISLAND].notna(), None)
+    frame.attrs["repeated_header_rows"] = penguins.repeated_header_rows
+    return frame, penguins.summary.invalid_rows
