@@ -14,7 +14,7 @@ from pathlib import Path
 from .config import ISLAND, LABEL, MEASUREMENTS
 from .errors import LabError
 from .sniff import CsvFile, find_columns, sniff_csv
-from .validate import MAX_LINE_CHARS, folded, message, normalize_name, problem, stripped, value_checks
+from .validate import MAX_LINE_CHARS, PROBLEM_TYPE, checked, folded, message, normalize_name, problem, stripped
 
 COLUMNS = [ISLAND, *MEASUREMENTS, LABEL]
 PLACE = ["file", "block", "pos"]
@@ -53,6 +53,8 @@ def spark_path(path: str) -> str:
 
 
 def _is_parquet(path: Path) -> bool:
+    if not path.is_file():  # a pipe can be read only once: it is taken for CSV
+        return False
     try:
         with open(path, "rb") as f:
             return f.read(4) == b"PAR1"
@@ -108,31 +110,33 @@ def csv_records(lines, f: CsvFile, require_label: bool):
     """The records of one CSV file's lines: kind (blank, sep, header or data), values and the first problem."""
     from pyspark.sql import functions as F
 
-    value = F.col("value")
-    fields, bad_quote = _fields(value, f.delimiter)
+    value, fields = F.col("value"), F.col("fields")
+    split, bad_quote = _fields(value, f.delimiter)
+    tokens = lines.select(*PLACE, "value", split.alias("fields"), bad_quote.alias("bad_quote"))
     count = F.size(fields)
     width, header_width = max(f.position.values()) + 1, len(f.header)
-    texts = {c: stripped(F.get(fields, F.lit(i))) for c, i in f.position.items()}
-    is_header = value == f.header_text
-    names_again = None
+    texts = [stripped(F.get(fields, F.lit(i))).alias(f"t_{c}") for c, i in f.position.items()]
+    names_again = F.lit(True)
     for column, i in f.position.items():  # a copy of the header inside the data, as `cat a.csv b.csv` leaves it
-        same = folded(F.get(fields, F.lit(i))) == normalize_name(column)
-        names_again = same if names_again is None else names_again & same
+        names_again = names_again & (folded(F.get(fields, F.lit(i))) == normalize_name(column))
+    # Only a field that cannot start a number may be a column name: the costly comparison is skipped for data.
+    first_character = F.substring(F.col("t_CulmenLength"), 1, 1)
+    maybe_names = (first_character != "") & ~first_character.isin(*"0123456789.+-")
     d = "\\t" if f.delimiter == "\t" else re.escape(f.delimiter)
-    kind = (F.when(value.rlike(f"^[\\s{d}]*$"), "blank")
+    kind = (F.when(stripped(value, f.delimiter) == "", "blank")
             .when(F.lit(f.sep_line is not None) & (value == F.lit(f.sep_line or "")), "sep")
-            .when(is_header | names_again, "header").otherwise("data"))
-    parsed, found = value_checks(texts, f.delimiter != ",", require_label)
+            .when((value == f.header_text) | (maybe_names & names_again), "header").otherwise("data"))
     extra = F.slice(fields, header_width + 1, F.greatest(count - header_width, F.lit(1)))
     shape = (F.when(F.length(value) >= MAX_LINE_CHARS, problem("long_line"))
-             .when(bad_quote, problem("text_after_quote"))
+             .when(F.col("bad_quote"), problem("text_after_quote"))
              .when(count < width, problem("too_few_fields", None, count))
              .when((count > header_width) & F.exists(extra, lambda x: stripped(x) != ""),
                    problem("too_many_fields", None, count)))
     quotes = F.length(value) - F.length(F.regexp_replace(value, '"', ""))
-    return lines.select(*PLACE, kind.alias("kind"), (quotes % 2 == 1).alias("odd_quotes"),
-                        *[parsed[c].alias(c) for c in COLUMNS],
-                        F.coalesce(shape, found).alias("problem"))
+    cells = (tokens.select(*PLACE, "value", "fields", *texts, shape.alias("shape"))
+             .select(*PLACE, kind.alias("kind"), (quotes % 2 == 1).alias("odd_quotes"), *[f"t_{c}" for c in f.position],
+                     "shape"))
+    return checked(cells, [*PLACE, "kind", "odd_quotes"], f.delimiter != ",", require_label)
 
 
 def table_records(frame, where: str, require_label: bool):
@@ -141,10 +145,10 @@ def table_records(frame, where: str, require_label: bool):
 
     names = [c for c in frame.columns if c not in PLACE]
     position = find_columns(names, require_label, where, 1, ",")
-    texts = {c: stripped(F.col(f"`{names[i]}`").cast("string")) for c, i in position.items()}
-    parsed, found = value_checks(texts, False, require_label)
-    return frame.select(*PLACE, F.lit("data").alias("kind"), F.lit(False).alias("odd_quotes"),
-                        *[parsed[c].alias(c) for c in COLUMNS], found.alias("problem"))
+    texts = [stripped(F.col(f"`{names[i]}`").cast("string")).alias(f"t_{c}") for c, i in position.items()]
+    cells = frame.select(*PLACE, F.lit("data").alias("kind"), F.lit(False).alias("odd_quotes"), *texts,
+                         F.lit(None).cast(PROBLEM_TYPE).alias("shape"))
+    return checked(cells, [*PLACE, "kind", "odd_quotes"], False, require_label)
 
 
 # --- one pass over every record ----------------------------------------------------------------------
@@ -411,7 +415,7 @@ def penguins_from_pandas(spark, frame, where: str) -> Penguins:
     rows = spark.createDataFrame(frame[["Row", *COLUMNS]].astype({"Row": "int64"}), schema=schema)
     records = rows.select(F.lit(0).alias("file"), F.lit(0).cast("long").alias("block"), "pos",
                           F.lit("data").alias("kind"), F.lit(False).alias("odd_quotes"), *COLUMNS,
-                          F.lit(None).cast("struct<kind:string,column:string,value:string>").alias("problem"))
+                          F.lit(None).cast(PROBLEM_TYPE).alias("problem"))
     return Penguins(where, records, summarize(records), GivenNumbers(records), [where])
 
 

@@ -21,7 +21,7 @@ _LOST_TASK = re.compile(r"Lost task \S+ in stage \S+ \(TID \d+\) \([^()]*executo
 _EXECUTOR_EXIT_52 = re.compile(r"ExecutorLostFailure \(executor ([^\s)]+) exited[^\n]*code 52\b")  # Spark's exit code for OOM
 _SMALL_HEAP = re.compile(r"(Driver|Executor) memory \d+ must be at least \d+|System memory \d+ must be at least \d+")
 _RESULT_SIZE = re.compile(r"Total size of serialized results[^\n]*?spark\.driver\.maxResultSize \([^)]*\)")
-_NO_SPACE = re.compile(r"[\w.]*(?:Exception|Error): [^\n]*No space left on device|No space left on device")
+_NO_SPACE = re.compile(r"(?:[\w.]+(?:Exception|Error): )?No space left on device")
 _PYTHON_MEMORY = re.compile(r"^\s*MemoryError\b[^\n]*", re.MULTILINE)
 _PYTHON_CRASHED = re.compile(r"Python worker exited unexpectedly \(crashed\)")
 _JVM_GONE = re.compile(r"SparkContext was shut down|Answer from Java side is empty|Connection refused|"
@@ -56,7 +56,7 @@ def _jvm_output(limit: int = 1 << 20) -> str:
 
 
 def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0].strip()
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
 def _memory_failure(text: str) -> LabError | None:
@@ -68,7 +68,7 @@ def _memory_failure(text: str) -> LabError | None:
         return LabError(f"Spark's results are too big for the driver ({m[0]}); raise spark.driver.maxResultSize "
                         f"and spark.driver.memory with it (locally: {DRIVER_MEMORY_ENV}=4g), or collect less")
     if m := _NO_SPACE.search(text):
-        return LabError(f"Spark ran out of disk space ({_first_line(m[0])}); point spark.local.dir at a disk "
+        return LabError(f"Spark ran out of disk space ({m[0]}); point spark.local.dir at a disk "
                         "with room (locally: SPARK_LOCAL_DIRS=/path/with/room)")
     if m := _PYTHON_MEMORY.search(text):
         return LabError(f"a Python worker ran out of memory ({m[0].strip()}); raise spark.executor.pyspark.memory "

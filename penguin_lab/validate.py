@@ -25,7 +25,8 @@ WELL_FORMED = "expected well-formed CSV (quotes around a whole field, doubled in
 NUMBER = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 SPECIAL_NUMBER = r"(?i)^[+-]?(inf|infinity|nan)$"  # what float() also reads; never a possible measurement
 DECIMAL_COMMA = r"^[+-]?[0-9]+,[0-9]+$"
-WHITESPACE = r"^[\s\u00a0\ufeff]+|[\s\u00a0\ufeff]+$"
+WHITESPACE = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0\u2000\u2001\u2002\u2003\u2009\u3000\ufeff"  # str.strip()'s
+PROBLEM_TYPE = "struct<kind:string,column:string,value:string>"
 
 
 def normalize_name(name: str) -> str:
@@ -80,10 +81,11 @@ def folded(column):
     return F.regexp_replace(F.translate(F.lower(column), accented, plain), r"[^\p{L}\p{N}]", "")
 
 
-def stripped(column):
+def stripped(column, also: str = ""):
+    """The value without the white space around it (and the characters `also`), as str.strip() does."""
     from pyspark.sql import functions as F
 
-    return F.regexp_replace(column, WHITESPACE, "")
+    return F.btrim(column, F.lit(WHITESPACE + also))
 
 
 def is_missing(value):
@@ -92,12 +94,36 @@ def is_missing(value):
     return value.isNull() | F.lower(value).isin(sorted(MISSING))
 
 
+NUMBER_CHARACTERS = "0123456789.+-eE"
+SPECIAL_NUMBERS = sorted({sign + word for sign in ("", "+", "-") for word in ("inf", "infinity", "nan")})
+
+
 def as_number(value, decimal_comma: bool):
-    """A plain decimal number (39.1, +4.5E3, and 39,1 where the file uses decimal commas); null otherwise."""
+    """A plain decimal number (39.1, +4.5E3, and 39,1 where the file uses decimal commas); null otherwise.
+
+    Only digits, a point, signs and exponents may make a number (so no 39_1, 0x27 or 1d, which other
+    parsers take); Spark's cast then refuses anything malformed (39..1, 1e)."""
     from pyspark.sql import functions as F
 
     if decimal_comma:
         value = F.when(value.rlike(DECIMAL_COMMA), F.regexp_replace(value, ",", ".")).otherwise(value)
+    only_number_characters = (F.translate(value, NUMBER_CHARACTERS, "") == "") & (value != "")
+    special = F.lower(value).isin(SPECIAL_NUMBERS)
+    return F.when(only_number_characters | special, _try_double(value))
+
+
+def _try_double(value):
+    """The number a string holds, or null (a cast that cannot fail, whatever spark.sql.ansi.enabled says)."""
+    from pyspark.sql import Column
+
+    if hasattr(Column, "try_cast"):  # PySpark 4
+        return value.try_cast("double")
+    return _checked_cast(value)
+
+
+def _checked_cast(value):
+    from pyspark.sql import functions as F
+
     return F.when(value.rlike(NUMBER) | value.rlike(SPECIAL_NUMBER), value.cast("double"))
 
 
@@ -112,12 +138,12 @@ def as_species(value):
     name such as 'Adelie Penguin (Pygoscelis adeliae)'); null when it is neither."""
     from pyspark.sql import functions as F
 
-    by_name = None
+    by_name = F.when(value.isin("0", "1", "2"), value.cast("int"))  # the lab's own spelling, checked first
     first_word = F.split(value, r"\s+").getItem(0)
     for index, name in enumerate(SPECIES):
         key = normalize_name(name)
         matches = (folded(value) == key) | (folded(first_word) == key)
-        by_name = F.when(matches, F.lit(index)) if by_name is None else by_name.when(matches, F.lit(index))
+        by_name = by_name.when(matches, F.lit(index))
     number = as_number(value, decimal_comma=False)
     by_number = F.when((number == F.floor(number)) & (number >= 0) & (number < len(SPECIES)), number.cast("int"))
     return by_name.otherwise(by_number)
@@ -131,35 +157,34 @@ def problem(kind: str, column=None, value=None):
                     (value if value is not None else F.lit(None)).cast("string").alias("value"))
 
 
-def value_checks(fields: dict, decimal_comma: bool, require_label: bool):
-    """(parsed columns, the first problem or null) for a record's stripped text values by column name.
+def checked(frame, keep: list, decimal_comma: bool, require_label: bool, shape="shape"):
+    """`frame` (with the stripped text of each column in `t_<column>`, and a `shape` problem or null) as
+    `keep`, the parsed columns and `problem`: the first rule a record breaks, in the order of its columns.
 
-    The checks run in the order of the columns, as a reader would find them."""
+    Each value is parsed once, in its own step: Spark computes a named column once, where one large
+    expression would repeat every parse in every check."""
     from pyspark.sql import functions as F
 
-    parsed = {ISLAND: F.when(~is_missing(fields[ISLAND]), fields[ISLAND])}
-    found = None
-
-    def first(condition, what):
-        nonlocal found
-        found = F.when(condition, what) if found is None else found.when(condition, what)
-
-    for column in MEASUREMENTS:
-        value = fields[column]
-        number = as_number(value, decimal_comma)
-        present = ~is_missing(value)
-        first(present & number.isNull(), problem("not_a_number", column, value))
-        first(present & ~is_possible(number), problem("impossible", column, value))
-        parsed[column] = F.when(present, number)
-    label = fields.get(LABEL)
-    if label is None:
-        parsed[LABEL] = F.lit(None).cast("double")
+    label = f"t_{LABEL}"
+    numbers = [as_number(F.col(f"t_{c}"), decimal_comma).alias(f"n_{c}") for c in MEASUREMENTS]
+    species = as_species(F.col(label)) if require_label or label in frame.columns else F.lit(None)
+    texts = [f"t_{c}" for c in [ISLAND, *MEASUREMENTS]] + ([label] if label in frame.columns else [])
+    parsed = frame.select(*keep, shape, *texts, *numbers, species.cast("int").alias("n_species"))
+    problems = [F.col(shape)]  # the first non-null of these is the record's problem
+    for c in MEASUREMENTS:
+        text, number = F.col(f"t_{c}"), F.col(f"n_{c}")
+        present = ~is_missing(text)
+        problems.append(F.when(present & number.isNull(), problem("not_a_number", c, text))
+                        .when(present & ~is_possible(number), problem("impossible", c, text)))
+    columns = [F.when(~is_missing(F.col(f"t_{ISLAND}")), F.col(f"t_{ISLAND}")).alias(ISLAND)]
+    columns += [F.when(~is_missing(F.col(f"t_{c}")), F.col(f"n_{c}")).alias(c) for c in MEASUREMENTS]
+    if label in frame.columns:
+        present = ~is_missing(F.col(label))
+        problems.append(F.when(present & F.col("n_species").isNull(), problem("not_a_species", LABEL, F.col(label))))
+        columns.append(F.when(present, F.col("n_species").cast("double")).alias(LABEL))
     else:
-        species = as_species(label)
-        present = ~is_missing(label)
-        first(present & species.isNull(), problem("not_a_species", LABEL, label))
-        parsed[LABEL] = F.when(present, species.cast("double"))
-    return parsed, found
+        columns.append(F.lit(None).cast("double").alias(LABEL))
+    return parsed.select(*keep, *columns, F.coalesce(*problems).alias("problem"))
 
 
 MESSAGES = {

@@ -13,7 +13,7 @@ DATA = REPO / "data" / "penguins.csv"
 
 @pytest.fixture(scope="session")
 def spark():
-    from penguin_lab.data import get_spark
+    from penguin_lab.spark import get_spark
 
     return get_spark()
 

@@ -130,7 +130,9 @@ def test_python_worker_out_of_its_memory_limit(local_failures):
 
 def test_python_worker_killed(local_failures):
     # Killed with SIGKILL here, as the kernel kills a worker that takes too much memory.
-    one_line_naming(local_failures["python_killed"], "spark.executor.pyspark.memory", "spark.python.worker.memory")
+    message = one_line_naming(local_failures["python_killed"], "spark.executor.pyspark.memory",
+                              "spark.python.worker.memory")
+    assert message.startswith("a Python worker died"), message
 
 
 def test_results_bigger_than_the_driver_accepts(local_failures):
@@ -148,7 +150,7 @@ def test_no_space_left_for_spark_local_dir(tmp_path):
     conf = {"spark.local.dir": str(small)}
     outcome = run_cases(tmp_path, "disk_full", conf=conf, prefix=mount)["disk_full"]
     message = one_line_naming(outcome, "spark.local.dir", "SPARK_LOCAL_DIRS=")
-    assert "No space left on device" in message
+    assert message.startswith("Spark ran out of disk space (java.io.IOException: No space left on device)"), message
     # The advice works: SPARK_LOCAL_DIRS overrides spark.local.dir.
     assert run_cases(tmp_path, "disk_full", conf=conf, prefix=mount,
                      env={"SPARK_LOCAL_DIRS": str(roomy)})["disk_full"] is None
