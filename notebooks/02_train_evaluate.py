@@ -25,11 +25,12 @@ import torch
 
 from penguin_lab import notebook, train
 from penguin_lab.config import TrainConfig
-from penguin_lab.data import get_spark, prepare_splits
+from penguin_lab.data import prepare_splits
 from penguin_lab.evaluate import plot_loss, weights_report
 from penguin_lab.model import PenguinNet
 from penguin_lab.pipeline import run_metrics, train_model, write_run
-from penguin_lab.read import read_penguins_csv
+from penguin_lab.read import read_penguins
+from penguin_lab.spark import get_spark
 
 params = notebook.parameters(dbutils)
 config = TrainConfig(epochs=params["epochs"], seed=params["seed"])
@@ -40,12 +41,13 @@ print("PyTorch", torch.__version__, "| device:", train.pick_device())
 # MAGIC %md
 # MAGIC ## The prepared data
 # MAGIC
-# MAGIC The same reader, Spark preparation and split as in notebook 1 (same seed, same rows).
+# MAGIC The same Spark reading, preparation and split as in notebook 1 (same seed, same rows).
 
 # COMMAND ----------
 
-raw, invalid_rows = read_penguins_csv(params["data_path"], drop_invalid=params["drop_invalid"])
-prepared = prepare_splits(get_spark(), raw, config, where=params["data_path"])
+spark = get_spark()
+penguins = read_penguins(spark, params["data_path"], drop_invalid=params["drop_invalid"])
+prepared = prepare_splits(spark, penguins, config)
 print(f"Training set: {prepared.counts['train_rows']} rows, test set: {prepared.counts['test_rows']} rows")
 
 # COMMAND ----------
@@ -140,7 +142,8 @@ print(weights_report(model))
 
 # COMMAND ----------
 
-metrics = run_metrics(prepared, history, train_seconds, config, invalid_rows, raw.attrs.get("repeated_header_rows", 0))
+metrics = run_metrics(prepared, history, train_seconds, config, penguins.summary.invalid_rows,
+                      penguins.repeated_header_rows)
 metrics["data"] = params["data_path"]
 write_run(notebook.output_path(params), model, prepared, history, metrics)
 print(f"test accuracy {metrics['test_accuracy']:.4f}; results in {params['output_dir']}")

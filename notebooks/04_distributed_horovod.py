@@ -25,7 +25,7 @@
 
 # Make the `penguin_lab` package importable: it sits in the repository root, the notebook folder's parent.
 # PYTHONPATH carries it to the training processes this notebook starts on this machine.
-import os, sys
+import os, shutil, sys
 try:  # on Databricks, dbutils knows where this notebook is
     notebook_path = dbutils.notebook.entry_point.getDbutils().notebook().getContext().notebookPath().get()
     repo_root = os.path.dirname(os.path.dirname("/Workspace" + notebook_path))
@@ -37,11 +37,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, os.environ.get
 from penguin_lab import notebook
 from penguin_lab.artifacts import load_model
 from penguin_lab.config import TrainConfig
-from penguin_lab.data import get_spark, prepare_splits
+from penguin_lab.data import prepare
 from penguin_lab.distributed import DistributedJob, horovod_rank_main, workers_import_this_package
 from penguin_lab.predict import Predictor
+from penguin_lab.read import read_penguins
+from penguin_lab.spark import get_spark
 from penguin_lab.train import evaluate, make_dataset, make_loader
-from penguin_lab.read import read_penguins_csv
 
 params = notebook.parameters(dbutils)
 spark = get_spark()
@@ -52,15 +53,20 @@ print(params)
 # MAGIC %md
 # MAGIC ## The data
 # MAGIC
-# MAGIC The same preparation as notebook 1: Spark cleans, encodes and scales the rows, then splits them into a
-# MAGIC training set and a test set with no penguin on both sides.
+# MAGIC The same preparation as notebook 1: Spark checks, cleans, encodes and scales the rows, then splits them into
+# MAGIC a training set and a test set with no penguin on both sides, written as Parquet. The training processes read
+# MAGIC that Parquet themselves, so it goes in the results folder, which every node must be able to read (on
+# MAGIC Databricks a path under `/dbfs` or `/Volumes`, as the default `/dbfs/tmp/penguin-lab`).
 
 # COMMAND ----------
 
 config = TrainConfig(epochs=params["epochs"], seed=params["seed"])
-raw, _ = read_penguins_csv(params["data_path"], drop_invalid=params["drop_invalid"])
-prepared = prepare_splits(spark, raw, config, where=params["data_path"])
+prepared_dir = notebook.output_path(params) / "horovod" / "prepared"
+shutil.rmtree(prepared_dir, ignore_errors=True)  # a rerun replaces the previous run's data
+penguins = read_penguins(spark, params["data_path"], drop_invalid=params["drop_invalid"])
+prepared = prepare(spark, penguins, config, prepared_dir)
 print(prepared.counts)
+print("training set:", prepared.train_path)
 
 # COMMAND ----------
 
@@ -78,7 +84,7 @@ print(prepared.counts)
 # MAGIC
 # MAGIC On a cluster with worker nodes, the processes there must import `penguin_lab` as well: install this repository
 # MAGIC as a notebook-scoped library first (for example `%pip install /Workspace/<path to this repository>`), and keep
-# MAGIC the results folder on storage every node sees (the default `/dbfs/tmp/penguin-lab`).
+# MAGIC the results folder, with the prepared Parquet, on storage every node sees (the default `/dbfs/tmp/penguin-lab`).
 
 # COMMAND ----------
 
@@ -97,14 +103,16 @@ print("HorovodRunner from", HorovodRunner.__module__)
 # MAGIC function notebook 2 uses). What Horovod adds:
 # MAGIC
 # MAGIC - `hvd.init()`, then `hvd.rank()` (this process) and `hvd.size()` (how many there are);
-# MAGIC - a `DistributedSampler` gives each rank a different share of the training rows, and `set_epoch` reshuffles the
-# MAGIC   shares before every epoch;
+# MAGIC - each rank reads its own share of the prepared Parquet (`training_batches`: a `DistributedSampler` over the
+# MAGIC   whole set when it fits in memory, else its own row groups), reshuffled before every epoch;
 # MAGIC - the learning rate is multiplied by `hvd.size()`: each step now averages `size` batches;
 # MAGIC - `hvd.DistributedOptimizer` averages the gradients of all ranks before every step;
 # MAGIC - `broadcast_parameters` and `broadcast_optimizer_state` start every rank from rank 0's weights;
 # MAGIC - at the end every rank computes a checksum of its weights and they are gathered, so we can check that all ranks
 # MAGIC   ended with exactly the same model; rank 0 tests it and saves it (into a temporary folder, renamed into place
 # MAGIC   when complete).
+# MAGIC
+# MAGIC The job sent to every process holds the paths of the prepared Parquet and the settings, not the data.
 
 # COMMAND ----------
 

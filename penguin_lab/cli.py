@@ -300,9 +300,19 @@ def main(argv=None) -> int:
     except Exception as e:  # an unexpected failure still gets one line; --debug shows where
         if args.debug:
             raise
-        print(f"penguin-lab: error: {one_line(f'{e.__class__.__name__}: {e}')} (run with --debug for details)",
-              file=sys.stderr)
+        from .spark_errors import short_spark_error, spark_failure
+
+        known = spark_failure(e)  # out of memory or disk: what ran out and the setting that raises it
+        if known is not None:
+            print(f"penguin-lab: error: {one_line(str(known))}", file=sys.stderr)
+            return known.exit_code
+        text = short_spark_error(e) if _is_spark_error(e) else f"{e.__class__.__name__}: {e}"
+        print(f"penguin-lab: error: {one_line(text)} (run with --debug for details)", file=sys.stderr)
         return 1
+
+
+def _is_spark_error(e: BaseException) -> bool:
+    return type(e).__module__.startswith(("py4j", "pyspark"))
 
 
 if __name__ == "__main__":

@@ -131,7 +131,16 @@ def write_split(split, folder: Path, seed: int) -> tuple[str, str]:
     return paths[0], paths[1]
 
 
-def overlap_rows(spark, train_path: str, test_path: str) -> int:
+def overlap_rows(x_train, y_train, x_test, y_test) -> int:
+    """The same count for arrays in memory (the lab's own replicate-then-split, for comparison)."""
+    def rows(x, y):
+        both = np.ascontiguousarray(np.column_stack([x.astype(np.float64), y.astype(np.float64)]))
+        return both.view([("", both.dtype)] * both.shape[1]).ravel()
+
+    return int(np.isin(rows(x_test, y_test), rows(x_train, y_train)).sum())
+
+
+def overlap_join(spark, train_path: str, test_path: str) -> int:
     """Test rows whose features and label also occur in training (a Spark join): answers the model has seen."""
     from .read import spark_path
 
@@ -173,7 +182,7 @@ def prepare(spark, penguins, config: TrainConfig, folder: Path) -> PreparedData:
         "duplicate_rows": summary.complete_rows - unique,
         "train_rows": sum(train.values()) * config.oversample,
         "test_rows": sum(test.values()),
-        "overlap_rows": overlap_rows(spark, train_path, test_path),
+        "overlap_rows": overlap_join(spark, train_path, test_path),
     }
     return PreparedData(train_path, test_path, vocabulary, counts, dict(summary.ranges), config.oversample)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import inspect
 import os
 from pathlib import Path
@@ -13,7 +14,8 @@ ON_DATABRICKS = "DATABRICKS_RUNTIME_VERSION" in os.environ
 
 # name: (widget label, local environment variable, default off Databricks, default on Databricks)
 PARAMETERS = {
-    "data_path": ("Data file (dbfs:/..., /Volumes/... or a path)", "PENGUIN_LAB_DATA", str(DEFAULT_DATA), str(DEFAULT_DATA)),
+    "data_path": ("Data: CSV or Parquet file or folder (dbfs:/..., /Volumes/..., a path) or a table",
+                  "PENGUIN_LAB_DATA", str(DEFAULT_DATA), str(DEFAULT_DATA)),
     "output_dir": ("Results folder", "PENGUIN_LAB_OUT", "runs/notebooks", "/dbfs/tmp/penguin-lab"),
     "epochs": ("Epochs", "PENGUIN_LAB_EPOCHS", str(TrainConfig.epochs), str(TrainConfig.epochs)),
     "seed": ("Random seed", "PENGUIN_LAB_SEED", str(TrainConfig.seed), str(TrainConfig.seed)),
@@ -58,6 +60,24 @@ def file_path(path: str) -> str:
 def show_source(obj) -> None:
     """Print the code of a function or class, so the notebook shows what it runs."""
     print(inspect.getsource(obj))
+
+
+def display(frame, rows: int = 5, display_function=None) -> None:
+    """Show a Spark DataFrame: with the notebook's `display` (Databricks' table) when there is one, else
+    `frame.show(rows)`. The notebook's `display` is `display_function`, or the caller's global or builtin one."""
+    if display_function is None:
+        caller = inspect.currentframe().f_back
+        display_function = caller.f_globals.get("display", getattr(builtins, "display", None))
+    # IPython's display knows nothing of Spark: it would print the schema only. (A notebook may also have
+    # imported this function under the name `display`.)
+    if display_function is None or display_function is display or _from_ipython(display_function):
+        frame.show(rows)
+    else:
+        display_function(frame)
+
+
+def _from_ipython(function) -> bool:
+    return (getattr(function, "__module__", None) or "").startswith("IPython")
 
 
 def show_figure(figure) -> None:

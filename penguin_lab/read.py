@@ -45,11 +45,14 @@ def spark_path(path: str) -> str:
     """A local path as Spark reads it: /dbfs/x is dbfs:/x on Databricks; glob characters are escaped."""
     import os
 
-    if "DATABRICKS_RUNTIME_VERSION" in os.environ and path.startswith("/dbfs/"):
+    on_databricks = "DATABRICKS_RUNTIME_VERSION" in os.environ
+    if on_databricks and path.startswith("/dbfs/"):
         return "dbfs:/" + path[len("/dbfs/"):]
-    if "://" in path or path.startswith(("dbfs:", "/Volumes/")):
+    if re.match(r"^[a-z][a-z0-9+.-]*:", path) or path.startswith("/Volumes/"):
         return path
-    return re.sub(r"([*?\[\]{}\\])", r"\\\1", str(Path(path).resolve()))
+    local = re.sub(r"([*?\[\]{}\\])", r"\\\1", str(Path(path).resolve()))
+    # On Databricks a path without a scheme is on DBFS; the driver's own files (a Git folder, /tmp) are file:.
+    return "file:" + local if on_databricks else local
 
 
 def _is_parquet(path: Path) -> bool:
@@ -332,10 +335,13 @@ def _table(spark, where: str, frame, require_label: bool):
     return table_records(placed, where, require_label), placed.select(*PLACE), [where]
 
 
-def read_penguins(spark, path, scratch: Path, require_label: bool = True, drop_invalid: bool = False) -> Penguins:
+def read_penguins(spark, path, scratch: Path | None = None, require_label: bool = True,
+                  drop_invalid: bool = False) -> Penguins:
     """Read and check every record with Spark. A broken rule is a LabError naming file, row and column (or, with
-    drop_invalid, the record is dropped and counted). `scratch` holds UTF-8 copies of files that need one."""
+    drop_invalid, the record is dropped and counted). `scratch` holds UTF-8 copies of files that need one
+    (by default a temporary folder removed when Python exits); Spark reads them lazily, so keep it meanwhile."""
     path = str(path)
+    scratch = Path(scratch) if scratch is not None else _temporary_folder()
     if not Path(path).exists() and not _TABLE_NAME.match(path):
         raise LabError(f"{path}: no such file; expected a CSV file")
     records, lines, files = _sources(spark, path, scratch, require_label)
@@ -347,6 +353,16 @@ def read_penguins(spark, path, scratch: Path, require_label: bool = True, drop_i
     penguins = Penguins(path, records, summary, numbering, files)
     _check(penguins, drop_invalid)
     return penguins
+
+
+def _temporary_folder() -> Path:
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="penguin-lab-read-")
+    atexit.register(shutil.rmtree, folder, True)
+    return Path(folder)
 
 
 def _csv_union(lines, files, require_label):

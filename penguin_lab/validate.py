@@ -108,8 +108,10 @@ def as_number(value, decimal_comma: bool):
     if decimal_comma:
         value = F.when(value.rlike(DECIMAL_COMMA), F.regexp_replace(value, ",", ".")).otherwise(value)
     only_number_characters = (F.translate(value, NUMBER_CHARACTERS, "") == "") & (value != "")
-    special = F.lower(value).isin(SPECIAL_NUMBERS)
-    return F.when(only_number_characters | special, _try_double(value))
+    word = F.lower(value)
+    special = (F.when(word.endswith("nan"), F.lit(float("nan")))
+               .when(word.startswith("-"), F.lit(float("-inf"))).otherwise(F.lit(float("inf"))))
+    return F.when(only_number_characters, _try_double(value)).when(word.isin(SPECIAL_NUMBERS), special)
 
 
 def _try_double(value):
@@ -184,7 +186,9 @@ def checked(frame, keep: list, decimal_comma: bool, require_label: bool, shape="
         columns.append(F.when(present, F.col("n_species").cast("double")).alias(LABEL))
     else:
         columns.append(F.lit(None).cast("double").alias(LABEL))
-    return parsed.select(*keep, *columns, F.coalesce(*problems).alias("problem"))
+    # Blank lines and header copies are skipped, not judged.
+    judged = F.when(F.col("kind") == "data", F.coalesce(*problems))
+    return parsed.select(*keep, *columns, judged.alias("problem"))
 
 
 MESSAGES = {

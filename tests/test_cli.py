@@ -10,7 +10,7 @@ REQUIRED_METRICS = {"test_accuracy", "train_rows", "test_rows", "overlap_rows", 
 
 def test_run_writes_metrics_plot_weights_and_model(lab_run):
     out, result = lab_run
-    assert sorted(p.name for p in out.iterdir()) == ["loss.png", "metrics.json", "model", "weights.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["loss.png", "metrics.json", "model", "prepared", "weights.txt"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert REQUIRED_METRICS <= set(metrics)
     assert set(metrics["history"]) == {"epoch", "train_loss", "val_loss", "val_accuracy"}
@@ -20,6 +20,23 @@ def test_run_writes_metrics_plot_weights_and_model(lab_run):
     assert "test accuracy" in result.stdout and str(out) in result.stdout
     leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_run_keeps_the_prepared_parquet_and_says_where(lab_run):
+    import pyarrow.parquet as pq
+
+    out, _ = lab_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["prepared"] == {"train": "prepared/train", "test": "prepared/test", "format": "parquet"}
+    train = pq.read_table(out / metrics["prepared"]["train"])
+    test = pq.read_table(out / metrics["prepared"]["test"])
+    assert (train.num_rows, test.num_rows) == (metrics["train_rows"], metrics["test_rows"])
+    assert train.column_names == ["Row", "IslandIdx", "CulmenLength", "CulmenDepth", "FlipperScaled",
+                                  "MassScaled", "Species"]
+    assert not set(train.column("Row").to_pylist()) & set(test.column("Row").to_pylist())
+    stages = metrics["stage_seconds"]
+    assert set(stages) == {"read", "prepare", "train", "write"}
+    assert sum(stages.values()) <= metrics["total_seconds"]
 
 
 def test_same_seed_same_metrics_through_the_command_line(tmp_path):

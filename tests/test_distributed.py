@@ -7,20 +7,28 @@ except under CI=true, where a missing Horovod fails them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import pickle
 import subprocess
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from penguin_lab.artifacts import load_model
-from penguin_lab.distributed import (FAIL_ON_RANK_ENV, DistributedTrainingError, HorovodRunner, WorkerOutput,
-                                     failure_error, failure_reports, horovod_available, state_checksum,
-                                     train_distributed)
+from penguin_lab.batches import parquet_rows_and_bytes, part_files
+from penguin_lab.config import TrainConfig
+from penguin_lab.data import PreparedData
+from penguin_lab.distributed import (FAIL_ON_RANK_ENV, DistributedJob, DistributedTrainingError, HorovodRunner,
+                                     WorkerOutput, failure_error, failure_reports, horovod_available, run_horovod,
+                                     run_torch, state_checksum, train_distributed)
 from penguin_lab.errors import LabError
 
 from conftest import REPO, assert_one_line_error, run_cli
@@ -219,6 +227,78 @@ def test_unknown_engine_is_one_line(prepared, tmp_path):
         train_distributed(prepared, tmp_path / "run", "mpi")
 
 
+# --- the job: paths to the prepared Parquet, which every rank reads itself -----------------------------------
+
+def rewritten(source, folder: Path, copies: int = 1, files: int = 1, group_rows: int | None = None) -> str:
+    """The prepared Parquet at `source`, `copies` times over (each copy with Row ids of its own), as
+    `files` part files of row groups of `group_rows` rows."""
+    table = pa.concat_tables([pq.read_table(f) for f in part_files(source)])
+    ids = table.column("Row").to_numpy()
+    copied = pa.concat_tables([table.set_column(table.schema.get_field_index("Row"), "Row",
+                                                pa.array(ids + k * (int(ids.max()) + 1)))
+                               for k in range(copies)])
+    folder.mkdir(parents=True)
+    for k, rows in enumerate(np.array_split(np.arange(copied.num_rows), files)):
+        pq.write_table(copied.take(rows), folder / f"part-{k:05d}.parquet", row_group_size=group_rows)
+    return str(folder)
+
+
+def test_a_job_holds_paths_not_arrays(prepared, tmp_path):
+    """What every rank receives is a few hundred bytes, whatever the size of the data."""
+    large = PreparedData(rewritten(prepared.train_path, tmp_path / "train", copies=200),
+                         rewritten(prepared.test_path, tmp_path / "test", copies=200),
+                         prepared.island_vocabulary, prepared.counts, prepared.feature_ranges)
+    jobs = [DistributedJob.from_prepared(data, TrainConfig(), model_dir=tmp_path / "model")
+            for data in (prepared, large)]
+    for job in jobs:
+        values = [getattr(job, f.name) for f in dataclasses.fields(job)]
+        assert not any(isinstance(value, np.ndarray) for value in values), job
+        assert isinstance(job.train_path, str) and Path(job.train_path).is_absolute()
+    small_size, large_size = (len(pickle.dumps(job)) for job in jobs)
+    assert large_size < 2000, large_size
+    # Only the paths' lengths differ; the data is 200 times larger.
+    assert abs(large_size - small_size) < 200, (small_size, large_size)
+    assert parquet_rows_and_bytes(large.train_path)[1] > 500 * large_size
+
+
+@pytest.mark.parametrize("engine", ["horovod", "torch"])
+def test_streamed_ranks_read_disjoint_row_groups_and_end_with_identical_weights(engine, prepared, spark, tmp_path):
+    """Past the memory budget (here 1 byte) each rank reads only its own row groups, the test set is
+    streamed on rank 0, and every rank still ends with the same weights."""
+    require_engine(engine)
+    train_path = rewritten(prepared.train_path, tmp_path / "train", files=2, group_rows=24)  # 10 row groups
+    every_group = sorted((f.name, g) for f in part_files(train_path) for g in range(pq.ParquetFile(f).num_row_groups))
+    assert len(every_group) == 10
+    job = DistributedJob.from_prepared(prepared, TrainConfig(epochs=5), model_dir=tmp_path / "model")
+    job = dataclasses.replace(job, train_path=train_path, memory_budget_bytes=1, progress_every=0)
+    result = run_horovod(job, 2) if engine == "horovod" else run_torch(job, 2, spark=spark)
+
+    assert result["train_streamed"] and result["world_size"] == 2
+    shares = [sorted(map(tuple, groups)) for groups in result["train_row_groups_per_rank"]]
+    assert all(shares) and not set(shares[0]) & set(shares[1]), shares  # disjoint
+    assert sorted(shares[0] + shares[1]) == every_group  # and together every group once
+    rows = parquet_rows_and_bytes(train_path)[0]
+    assert result["train_rows_per_rank"][0] == result["train_rows_per_rank"][1] <= rows // 2
+    checksums = result["rank_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1], f"ranks ended with different weights: {checksums}"
+    # The streamed test set was every test row once: the saved model scores the same on the whole set.
+    import torch
+    model, _ = load_model(tmp_path / "model")
+    assert state_checksum(model) == checksums[0]
+    with torch.no_grad():
+        predicted = model(torch.as_tensor(prepared.x_test)).argmax(dim=1).numpy()
+    assert abs((predicted == prepared.y_test).mean() - result["test_accuracy"]) < 1e-6
+
+
+def test_prepared_data_a_rank_cannot_see_is_one_line(prepared, spark, tmp_path):
+    job = dataclasses.replace(DistributedJob.from_prepared(prepared, TrainConfig(epochs=1)),
+                              train_path=str(tmp_path / "elsewhere" / "train"), progress_every=0)
+    with pytest.raises(DistributedTrainingError,
+                       match=r"^torch training failed: rank \d: LabError: .*elsewhere/train: the prepared training "
+                             r"set is not on this rank's machine; put the prepared Parquet on storage every node"):
+        run_torch(job, 2, spark=spark)
+
+
 # --- HorovodRunner ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("np", [-2, 2])
@@ -299,6 +379,15 @@ def test_cli_writes_metrics_and_a_model_that_predict_loads(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["engine"] == engine and metrics["world_size"] == 2 and metrics["epochs"] == 40
     assert metrics["train_seconds"] > 0 and 0 <= metrics["test_accuracy"] <= 1
+    # The ranks read the Parquet prepared in the results folder; the read's scratch folder is gone.
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model", "prepared"]
+    assert metrics["prepared"] == {"train": "prepared/train", "test": "prepared/test", "format": "parquet"}
+    assert parquet_rows_and_bytes(out / "prepared" / "train")[0] == metrics["train_rows"]
+    assert parquet_rows_and_bytes(out / "prepared" / "test")[0] == metrics["test_rows"]
+    stages = metrics["stage_seconds"]
+    assert list(stages) == ["read", "prepare", "train", "write"] and all(v >= 0 for v in stages.values())
+    assert sum(stages.values()) <= metrics["total_seconds"]
+    assert metrics["train_seconds"] <= stages["train"]
     predicted = run_cli("predict", "--model", str(out / "model"), "--island", "Biscoe", "--culmen-length", "48.6",
                         "--culmen-depth", "16", "--flipper-length", "230", "--body-mass", "5800", "--json")
     assert predicted.returncode == 0, predicted.stderr

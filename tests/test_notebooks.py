@@ -35,7 +35,16 @@ def test_single_node_notebooks_run_and_match_the_command_line(tmp_path):
                                 cwd=tmp_path, timeout=600)
         assert result.returncode == 0, f"{notebook.name}:\n{result.stderr[-3000:]}"
         outputs[notebook.name] = result.stdout
-    assert "overlap_rows: 0" in outputs["01_prepare_data.py"]
+    prepare_output = outputs["01_prepare_data.py"]
+    assert "overlap_rows: 0" in prepare_output
+    # The reading step: its Spark code, then the checked records of the shipped file, shown as a table.
+    assert "def lines_of" in prepare_output and "spark.read.text" in prepare_output
+    assert "344 data rows read from" in prepare_output
+    assert "|file|block|pos|kind|" in prepare_output.replace(" ", "")
+    assert "|0|0|1|data|false|Torgersen|39.1|18.7|181.0|3750.0|0.0|NULL|" in prepare_output.replace(" ", "")
+    for step in ("def unique_complete", "def encode", "def spark_split"):
+        assert step in prepare_output
+    assert "|Row|IslandIdx|CulmenLength|CulmenDepth|FlipperScaled|MassScaled|Species|" in prepare_output.replace(" ", "")
     assert "class PenguinNet" in outputs["02_train_evaluate.py"]
     assert "def train_one_epoch" in outputs["02_train_evaluate.py"]
     assert "Prediction:" in outputs["03_save_and_predict.py"]
@@ -67,3 +76,20 @@ def test_notebook_parameters_are_checked(monkeypatch):
             env.setenv(name, value)
             with pytest.raises(LabError, match=message):
                 notebook.parameters()
+
+
+def test_display_uses_the_notebooks_display_and_shows_the_frame_otherwise(spark, capsys):
+    """Databricks puts `display` in a notebook's globals; without one, the first rows are printed."""
+    from penguin_lab import notebook
+
+    frame = spark.createDataFrame([("Biscoe", 50.4)], "Island string, CulmenLength double")
+    shown = []
+    exec("notebook.display(frame)", {"notebook": notebook, "frame": frame, "display": shown.append})
+    assert shown == [frame]
+    notebook.display(frame, display_function=shown.append)
+    assert shown == [frame, frame]
+    assert capsys.readouterr().out == ""
+
+    exec("notebook.display(frame)", {"notebook": notebook, "frame": frame})
+    printed = capsys.readouterr().out.replace(" ", "")
+    assert "|Island|CulmenLength|" in printed and "|Biscoe|50.4|" in printed

@@ -15,7 +15,7 @@ import sys
 from ..errors import LabError
 from .cpu import bind_to_own_core
 from .failures import capture_worker_output, failure_error, report_failure
-from .job import DistributedJob, epoch_callback, finish_on_rank0, rank_report
+from .job import DistributedJob, epoch_callback, finish_on_rank0, rank0_test_loader, rank_report, rank_share
 from .workers import restore, workers_import_this_package
 
 
@@ -23,15 +23,17 @@ def horovod_rank_main(job: DistributedJob) -> dict:
     """One Horovod process: the lab's train_hvd, on the single-node model and training loop."""
     import horovod.torch as hvd
     import torch
-    from torch.utils.data.distributed import DistributedSampler
 
+    from ..batches import training_batches
+    from ..config import FEATURES, LABEL
     from ..model import PenguinNet
-    from ..train import Timer, fit, make_dataset, make_loader, pick_device, seed_everything, tune_threads
+    from ..train import Timer, fit, pick_device, seed_everything, tune_threads
 
     give_up_on_stalled_peers(job.collective_timeout_seconds)
     hvd.init()
     rank, size = hvd.rank(), hvd.size()
     with report_failure(rank):
+        job.check_data_readable()
         tune_threads()
         seed_everything(job.seed)
         device = pick_device()
@@ -41,11 +43,11 @@ def horovod_rank_main(job: DistributedJob) -> dict:
         else:  # a core per process: a rank waiting for its peer then slows nobody else
             bind_to_own_core(hvd.local_rank(), hvd.local_size(), training_thread_first=True)
 
-        # Each rank trains on its own share of the rows; set_epoch (before every epoch) reshuffles the shares.
-        train_ds = make_dataset(job.x_train, job.y_train)
-        sampler = DistributedSampler(train_ds, num_replicas=size, rank=rank, shuffle=True, seed=job.seed)
-        train_loader = make_loader(train_ds, job.batch_size, sampler)
-        test_loader = make_loader(make_dataset(job.x_test, job.y_test), job.batch_size)
+        # Each rank reads its own share of the prepared Parquet (a DistributedSampler over the whole set
+        # when it fits in memory, else its own row groups); before_epoch reshuffles the shares every epoch.
+        train = training_batches(job.train_path, FEATURES, LABEL, job.batch_size, job.seed,
+                                 job.memory_budget_bytes, rank, size)
+        test_loader = rank0_test_loader(job) if rank == 0 else None  # only rank 0 tests
 
         model = PenguinNet(hidden_units=job.hidden_units).to(device)
         # Synchronous training averages `size` batches per step: scale the learning rate to match.
@@ -57,13 +59,14 @@ def horovod_rank_main(job: DistributedJob) -> dict:
         hvd.broadcast_optimizer_state(optimizer, root_rank=0)
 
         timer = Timer()
-        history = fit(model, train_loader, test_loader, optimizer, job.epochs, device,
-                      on_epoch=epoch_callback(job, rank), before_epoch=sampler.set_epoch)
+        history = fit(model, train.loader, test_loader, optimizer, job.epochs, device,
+                      on_epoch=epoch_callback(job, rank), before_epoch=train.before_epoch)
         train_seconds = timer.seconds()
 
         # Every rank's checksum goes into the result, so identical weights can be checked.
         # (Names must match across ranks: the default name is the object's type, and None differs from dict.)
-        reports = hvd.allgather_object(rank_report(model, rank, history, train_seconds, len(sampler)), name="report")
+        share = rank_share(train, rank, size, job.batch_size)
+        reports = hvd.allgather_object(rank_report(model, rank, history, train_seconds, share), name="report")
         result = None
         if rank == 0:
             result = finish_on_rank0(job, model, test_loader, device, history, reports, "horovod", size)

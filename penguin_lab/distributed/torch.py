@@ -13,7 +13,7 @@ import os
 from ..errors import LabError
 from .cpu import bind_to_own_core
 from .failures import capture_worker_output, failure_error, report_failure
-from .job import DistributedJob, epoch_callback, finish_on_rank0, rank_report
+from .job import DistributedJob, epoch_callback, finish_on_rank0, rank0_test_loader, rank_report, rank_share
 from .workers import workers_import_this_package
 
 
@@ -24,12 +24,14 @@ def torch_rank_main(job: DistributedJob) -> dict:
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
-    from torch.utils.data.distributed import DistributedSampler
 
+    from ..batches import training_batches
+    from ..config import FEATURES, LABEL
     from ..model import PenguinNet
-    from ..train import Timer, fit, make_dataset, make_loader, pick_device, seed_everything, tune_threads
+    from ..train import Timer, fit, pick_device, seed_everything, tune_threads
 
     with report_failure(int(os.environ.get("RANK", -1))):
+        job.check_data_readable()
         device = pick_device()  # TorchDistributor hides the GPUs when use_gpu=False
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         if device.type == "cuda":
@@ -47,11 +49,12 @@ def torch_rank_main(job: DistributedJob) -> dict:
         tune_threads()
         seed_everything(job.seed)
 
-        # Each rank trains on its own share of the rows; set_epoch (before every epoch) reshuffles the shares.
-        train_ds = make_dataset(job.x_train, job.y_train)
-        sampler = DistributedSampler(train_ds, num_replicas=size, rank=rank, shuffle=True, seed=job.seed)
-        train_loader = make_loader(train_ds, job.batch_size, sampler)
-        test_loader = make_loader(make_dataset(job.x_test, job.y_test), job.batch_size)
+        # Each rank reads its own share of the prepared Parquet (a DistributedSampler over the whole set
+        # when it fits in memory, else its own row groups); before_epoch reshuffles the shares every epoch.
+        train = training_batches(job.train_path, FEATURES, LABEL, job.batch_size, job.seed,
+                                 job.memory_budget_bytes, rank, size)
+        # Only rank 0 tests. Its evaluation through DDP runs no collective: PenguinNet has no buffers to sync.
+        test_loader = rank0_test_loader(job) if rank == 0 else None
 
         model = PenguinNet(hidden_units=job.hidden_units).to(device)
         # DDP copies rank 0's weights to every rank, then averages the gradients during backward().
@@ -60,13 +63,14 @@ def torch_rank_main(job: DistributedJob) -> dict:
         optimizer = torch.optim.Adam(ddp_model.parameters(), lr=job.learning_rate * size)
 
         timer = Timer()
-        history = fit(ddp_model, train_loader, test_loader, optimizer, job.epochs, device,
-                      on_epoch=epoch_callback(job, rank), before_epoch=sampler.set_epoch)
+        history = fit(ddp_model, train.loader, test_loader, optimizer, job.epochs, device,
+                      on_epoch=epoch_callback(job, rank), before_epoch=train.before_epoch)
         train_seconds = timer.seconds()
 
         # Every rank's checksum goes into the result, so identical weights can be checked.
         reports = [None] * size
-        dist.all_gather_object(reports, rank_report(model, rank, history, train_seconds, len(sampler)))
+        share = rank_share(train, rank, size, job.batch_size)
+        dist.all_gather_object(reports, rank_report(model, rank, history, train_seconds, share))
         result = None
         if rank == 0:
             result = finish_on_rank0(job, model, test_loader, device, history, reports, "torch", size)
