@@ -63,7 +63,7 @@ def cmd_run(args) -> int:
           f"{metrics['invalid_rows']} invalid, {metrics['duplicate_rows']} duplicate")
     print(f"final loss: training {metrics['final_train_loss']:.4f}, validation {metrics['final_val_loss']:.4f}; "
           f"{metrics['epochs']} epochs in {metrics['train_seconds']:.2f} s, whole run {metrics['total_seconds']:.2f} s")
-    print(f"results in {out}/: metrics.json, loss.png, weights.txt, model/")
+    print(f"results in {out}/: metrics.json, loss.png, weights.txt, model/ (and prepared/)")
     return 0
 
 

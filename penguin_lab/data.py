@@ -184,6 +184,7 @@ def prepare(spark, penguins, config: TrainConfig, folder: Path) -> PreparedData:
         "test_rows": sum(test.values()),
         "overlap_rows": overlap_join(spark, train_path, test_path),
     }
+    penguins.records.unpersist()  # kept since the read; everything needed is in the Parquet now
     return PreparedData(train_path, test_path, vocabulary, counts, dict(summary.ranges), config.oversample)
 
 

@@ -65,6 +65,17 @@ def _is_parquet(path: Path) -> bool:
         return False
 
 
+def _check_parquet_footer(path: Path) -> None:
+    """A file that starts like Parquet but whose footer cannot be read is refused before Spark tries."""
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_metadata(path)
+    except Exception as e:  # pyarrow raises several types for damaged files
+        raise LabError(f"{path}: not a valid Parquet file ({str(e).splitlines()[0][:120]}); "
+                       f"expected a CSV or Parquet file") from None
+
+
 def _data_files(folder: Path) -> list:
     """The data files of a folder Spark (or a person) wrote: hidden and marker files are not data."""
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(("_", ".")))
@@ -159,7 +170,7 @@ def table_records(frame, where: str, require_label: bool):
 def summarize(records) -> Summary:
     """Counts, the first problem, the islands and the measurement ranges, in one Spark job.
 
-    Grouped by island, so the driver receives one row per island name (at most MAX_ISLANDS + 1 are read)."""
+    Grouped by island, so the driver receives one row per island name (at most MAX_ISLANDS + 2 are read)."""
     from pyspark.sql import functions as F
 
     data = F.col("kind") == "data"
@@ -179,7 +190,7 @@ def summarize(records) -> Summary:
                    *[F.min(F.when(complete, F.col(c))).alias(f"min_{c}") for c in MEASUREMENTS],
                    *[F.max(F.when(complete, F.col(c))).alias(f"max_{c}") for c in MEASUREMENTS]))
     summary, ranges = Summary(), {}
-    for group in groups.toLocalIterator():
+    for group in groups.limit(MAX_ISLANDS + 2).collect():  # more groups than that is an error below anyway
         summary.data_rows += group["data"]
         summary.header_rows += group["headers"]
         summary.invalid_rows += group["invalid"]
@@ -315,6 +326,8 @@ def _sources(spark, path: str, scratch: Path, require_label: bool):
     if local.is_dir() and not files:
         raise LabError(f"{path}: is a folder; expected a CSV file")  # or a folder holding CSV or Parquet files
     if all(_is_parquet(f) for f in files):
+        for f in files:
+            _check_parquet_footer(f)
         where = [str(f) for f in files]
         frames = [spark.read.parquet(spark_path(str(f))).select(
             F.lit(i).alias("file"), F.col("_metadata.file_block_start").alias("block"),
@@ -346,13 +359,21 @@ def read_penguins(spark, path, scratch: Path | None = None, require_label: bool 
         raise LabError(f"{path}: no such file; expected a CSV file")
     records, lines, files = _sources(spark, path, scratch, require_label)
     numbering = Numbering(lines)
-    summary = summarize(records)
+    summary = summarize(_kept(records))
     if summary.odd_quote_lines:
+        records.unpersist()
         records = _csv_union(merge_quoted_lines(spark, lines, numbering, files), files, require_label)
-        summary = summarize(records)
+        summary = summarize(_kept(records))
     penguins = Penguins(path, records, summary, numbering, files)
     _check(penguins, drop_invalid)
     return penguins
+
+
+def _kept(records):
+    """Parsed once: the summary's pass keeps the records (in memory, spilling to disk) for the preparation."""
+    from pyspark import StorageLevel
+
+    return records.persist(StorageLevel.MEMORY_AND_DISK)
 
 
 def _temporary_folder() -> Path:

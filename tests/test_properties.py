@@ -111,7 +111,7 @@ def check_error(error, path):
 
 # --- the reader ---------------------------------------------------------------------------------------------
 
-@settings(max_examples=1000, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=csv_bytes(), drop_invalid=st.booleans(), require_label=st.booleans())
 def test_any_csv_is_a_valid_frame_or_a_one_line_error(data, drop_invalid, require_label):
     with tempfile.TemporaryDirectory() as folder:
@@ -126,7 +126,7 @@ def test_any_csv_is_a_valid_frame_or_a_one_line_error(data, drop_invalid, requir
     event("frame")
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(max_examples=60, deadline=None, database=None)
 @given(data=st.binary(max_size=2000))
 def test_any_bytes_are_a_valid_frame_or_a_one_line_error(data):
     with tempfile.TemporaryDirectory() as folder:
@@ -167,7 +167,7 @@ def _reorder(fields, order):
 
 
 @pytest.mark.usefixtures("spark")
-@settings(max_examples=30, deadline=None, database=None,
+@settings(max_examples=20, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.one_of(mostly_real_csv(), mostly_real_csv(), csv_bytes()), drop_invalid=st.booleans())
 def test_run_ends_with_complete_results_or_one_line_and_nothing_written(data, drop_invalid):

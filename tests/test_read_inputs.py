@@ -1,0 +1,66 @@
+"""What Spark reads besides one CSV file: a folder of CSV files, Parquet files and folders, a table."""
+
+import pandas as pd
+import pytest
+
+from conftest import DATA, assert_one_line_error, run_cli
+from penguin_lab.errors import LabError
+from penguin_lab.read import read_penguins, read_penguins_csv
+
+HEADER = "Island,CulmenLength,CulmenDepth,FlipperLength,BodyMass,Species\n"
+
+
+def test_a_folder_of_csv_files_is_read_whole_each_with_its_own_header(tmp_path):
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    (folder / "part-0.csv").write_text(HEADER + "Torgersen,39.1,18.7,181,3750,0\nBiscoe,46.1,13.2,211,4500,1\n")
+    # another column order in the second file: columns are found by name in each file
+    (folder / "part-1.csv").write_text("Species,Island,BodyMass,FlipperLength,CulmenDepth,CulmenLength\n"
+                                       "2,Dream,3500,192,17.9,46.5\n")
+    (folder / "_SUCCESS").write_text("")
+    frame, invalid = read_penguins_csv(folder)
+    assert sorted(frame["Island"]) == ["Biscoe", "Dream", "Torgersen"] and invalid == 0
+    assert frame.loc[frame["Island"] == "Dream", "BodyMass"].item() == 3500.0
+
+
+def test_an_error_in_a_folder_names_the_file_and_its_line(tmp_path):
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    (folder / "part-0.csv").write_text(HEADER + "Torgersen,39.1,18.7,181,3750,0\n")
+    (folder / "part-1.csv").write_text(HEADER + "Biscoe,46.1,13.2,211,4500,1\nDream,46.5,x,192,3500,2\n")
+    with pytest.raises(LabError) as error:
+        read_penguins_csv(folder)
+    assert str(error.value).startswith(f"{folder / 'part-1.csv'}: row 3, column 'CulmenDepth': 'x' is not a number")
+
+
+def test_parquet_files_and_folders_follow_the_same_rules(tmp_path, spark):
+    frame = pd.read_csv(DATA)
+    frame.to_parquet(tmp_path / "penguins.parquet")
+    read, _ = read_penguins_csv(tmp_path / "penguins.parquet")
+    assert len(read) == 344 and read["Row"].tolist() == list(range(1, 345))  # rows of the file, from 1
+    folder = tmp_path / "as-folder"
+    spark.createDataFrame(frame.dropna()).coalesce(2).write.parquet(str(folder))
+    penguins = read_penguins(spark, folder)
+    assert penguins.summary.data_rows == 342 and penguins.summary.invalid_rows == 0
+    frame.loc[10, "BodyMass"] = -5.0
+    frame.to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(LabError, match=r"bad.parquet: row 11, column 'BodyMass': '-5.0' is not a possible measurement"):
+        read_penguins_csv(tmp_path / "bad.parquet")
+
+
+def test_a_damaged_parquet_file_is_one_line(tmp_path):
+    data = tmp_path / "penguins.parquet"
+    data.write_bytes(b"PAR1" + b"\x00" * 100)
+    result = run_cli("run", "--data", str(data), "--out", str(tmp_path / "out"))
+    assert_one_line_error(result, f"{data}: not a valid Parquet file")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_table_is_read_by_name(tmp_path, spark):
+    frame = pd.read_csv(DATA).dropna()
+    spark.createDataFrame(frame).createOrReplaceTempView("penguin_rows")
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS lab LOCATION '{tmp_path / 'lab.db'}'")
+    spark.sql("DROP TABLE IF EXISTS lab.penguins")
+    spark.sql(f"CREATE TABLE lab.penguins USING parquet LOCATION '{tmp_path / 'table'}' AS SELECT * FROM penguin_rows")
+    penguins = read_penguins(spark, "lab.penguins")
+    assert penguins.summary.data_rows == 342 and penguins.where == "lab.penguins"
