@@ -35,7 +35,7 @@ class Summary:
     odd_quote_lines: int = 0
     complete_rows: int = 0
     first_problem: dict | None = None
-    islands: list = field(default_factory=list)  # (name, place of its first record)
+    islands: list = field(default_factory=list)  # (name, position of its first record)
     ranges: dict = field(default_factory=dict)
 
 
@@ -170,37 +170,36 @@ def table_records(frame, where: str, require_label: bool):
 def summarize(records) -> Summary:
     """Counts, the first problem, the islands and the measurement ranges, in one Spark job.
 
-    Grouped by island, so the driver receives one row per island name (at most MAX_ISLANDS + 2 are read)."""
+    Grouped by island, so the driver receives one row per island name (at most MAX_ISLANDS + 2 are read).
+    Every aggregate is a number, which Spark aggregates in a hash table without sorting the records;
+    positions grow in file order, so the smallest is the first record."""
     from pyspark.sql import functions as F
 
     data = F.col("kind") == "data"
+    bad = data & F.col("problem").isNotNull()
     valid = data & F.col("problem").isNull()
     complete = valid
     for column in COLUMNS:
         complete = complete & F.col(column).isNotNull()
-    place = F.struct(*PLACE)
-    first_problem = F.min(F.when(data & F.col("problem").isNotNull(),
-                                 F.struct(*PLACE, "problem.kind", "problem.column", "problem.value")))
     groups = (records.filter(F.col("kind") != "blank")
               .groupBy(F.when(valid, F.col(ISLAND)).alias("island"))
               .agg(F.sum(data.cast("long")).alias("data"), F.sum((F.col("kind") == "header").cast("long")).alias("headers"),
-                   F.sum((data & F.col("problem").isNotNull()).cast("long")).alias("invalid"),
-                   F.sum(F.col("odd_quotes").cast("long")).alias("odd"), F.sum(complete.cast("long")).alias("complete"),
-                   first_problem.alias("first_problem"), F.min(F.when(valid, place)).alias("first"),
+                   F.sum(bad.cast("long")).alias("invalid"), F.sum(F.col("odd_quotes").cast("long")).alias("odd"),
+                   F.sum(complete.cast("long")).alias("complete"), F.min(F.when(bad, F.col("pos"))).alias("first_bad"),
+                   F.min(F.when(valid, F.col("pos"))).alias("first"),
                    *[F.min(F.when(complete, F.col(c))).alias(f"min_{c}") for c in MEASUREMENTS],
                    *[F.max(F.when(complete, F.col(c))).alias(f"max_{c}") for c in MEASUREMENTS]))
-    summary, ranges = Summary(), {}
+    summary, ranges, first_bad = Summary(), {}, None
     for group in groups.limit(MAX_ISLANDS + 2).collect():  # more groups than that is an error below anyway
         summary.data_rows += group["data"]
         summary.header_rows += group["headers"]
         summary.invalid_rows += group["invalid"]
         summary.odd_quote_lines += group["odd"]
         summary.complete_rows += group["complete"]
-        found = group["first_problem"]
-        if found is not None and (summary.first_problem is None or tuple(found[:3]) < summary.first_problem["at"]):
-            summary.first_problem = {"at": tuple(found[:3]), "kind": found[3], "column": found[4], "value": found[5]}
+        if group["first_bad"] is not None:
+            first_bad = group["first_bad"] if first_bad is None else min(first_bad, group["first_bad"])
         if group["island"] is not None:
-            summary.islands.append((group["island"], tuple(group["first"])))
+            summary.islands.append((group["island"], group["first"]))
             if len(summary.islands) > MAX_ISLANDS:
                 summary.islands.append(None)  # more than anyone means: stop collecting
                 break
@@ -210,6 +209,10 @@ def summarize(records) -> Summary:
                 old = ranges.get(c, [low, high])
                 ranges[c] = [min(old[0], low), max(old[1], high)]
     summary.ranges = ranges
+    if first_bad is not None:  # the one record to name: read back by its position
+        row = records.filter(F.col("pos") == first_bad).select(*PLACE, "problem.*").first()
+        summary.first_problem = {"at": (row["file"], row["block"], row["pos"]), "kind": row["kind"],
+                                 "column": row["column"], "value": row["value"]}
     return summary
 
 
@@ -308,6 +311,13 @@ class Penguins:
     def line(self, place) -> int:
         return self.numbering.line(place)
 
+    def place(self, pos: int) -> tuple:
+        """(file, block, pos) of the record at a position."""
+        from pyspark.sql import functions as F
+
+        row = self.records.filter(F.col("pos") == pos).select(*PLACE).first()
+        return row["file"], row["block"], row["pos"]
+
     def where_of(self, place) -> str:
         file = self.files[place[0]]
         return getattr(file, "where", file)
@@ -359,21 +369,32 @@ def read_penguins(spark, path, scratch: Path | None = None, require_label: bool 
         raise LabError(f"{path}: no such file; expected a CSV file")
     records, lines, files = _sources(spark, path, scratch, require_label)
     numbering = Numbering(lines)
-    summary = summarize(_kept(records))
+    records = _kept(records)
+    summary = summarize(records)
     if summary.odd_quote_lines:
         records.unpersist()
-        records = _csv_union(merge_quoted_lines(spark, lines, numbering, files), files, require_label)
-        summary = summarize(_kept(records))
+        records = _kept(_csv_union(merge_quoted_lines(spark, lines, numbering, files), files, require_label))
+        summary = summarize(records)
     penguins = Penguins(path, records, summary, numbering, files)
-    _check(penguins, drop_invalid)
+    try:
+        _check(penguins, drop_invalid)
+    except LabError:
+        records.unpersist()
+        raise
     return penguins
 
 
 def _kept(records):
-    """Parsed once: the summary's pass keeps the records (in memory, spilling to disk) for the preparation."""
-    from pyspark import StorageLevel
+    """Parsed once: the summary's pass keeps the records (in memory, spilling to disk) for the preparation.
 
-    return records.persist(StorageLevel.MEMORY_AND_DISK)
+    Spark finds cached data by its query: the read's own token keeps a file changed since an earlier read
+    in this session from being answered with the old records."""
+    import uuid
+
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    return records.withColumn("read", F.lit(uuid.uuid4().hex)).persist(StorageLevel.MEMORY_AND_DISK)
 
 
 def _temporary_folder() -> Path:
@@ -431,7 +452,8 @@ def spelling_message(where: str, first: str, first_row: int, other: str, other_r
 def check_island_spellings(penguins: Penguins) -> None:
     clash = spelling_clash(penguins.summary.islands)
     if clash:
-        (first, first_at), (other, other_at) = clash
+        (first, first_pos), (other, other_pos) = clash
+        first_at, other_at = penguins.place(first_pos), penguins.place(other_pos)
         raise LabError(spelling_message(penguins.where_of(other_at), first, penguins.line(first_at),
                                         other, penguins.line(other_at)))
 
@@ -470,6 +492,7 @@ def read_penguins_csv(path, require_label: bool = True, drop_invalid: bool = Fal
         penguins = read_penguins(spark, path, Path(scratch), require_label, drop_invalid)
         rows = penguins.numbering.numbered(penguins.valid(), spark).withColumnRenamed("line", "Row")
         frame = rows.select("Row", *COLUMNS).toPandas()
+        penguins.records.unpersist()
     frame = frame.sort_values("Row", kind="stable").reset_index(drop=True)
     for column in [*MEASUREMENTS, LABEL]:
         frame[column] = frame[column].astype("float64")
