@@ -149,6 +149,7 @@ def run_lab(data_path=DEFAULT_DATA, out_dir=None, config: TrainConfig = TrainCon
     """
     from .artifacts import check_output_dir, staged_dir
     from .data import prepare
+    from .progress import spark_stages
     from .read import read_penguins
     from .spark import LARGE_INPUT_BYTES, get_spark, input_bytes
 
@@ -161,9 +162,9 @@ def run_lab(data_path=DEFAULT_DATA, out_dir=None, config: TrainConfig = TrainCon
         spark = spark_ready.result()
     seconds = {}
     with output_errors(out_dir), staged_dir(Path(out_dir)) as staging:
-        with stage(seconds, "read"):
+        with stage(seconds, "read"), spark_stages(spark, "reading", progress):
             penguins = read_penguins(spark, data_path, _scratch(staging), drop_invalid=drop_invalid)
-        with stage(seconds, "prepare"):
+        with stage(seconds, "prepare"), spark_stages(spark, "preparing", progress):
             prepared = prepare(spark, penguins, config, staging / "prepared")
         model, history, train_seconds = train_model(prepared, config, progress)
         metrics = run_metrics(prepared, history, train_seconds, config, penguins.summary.invalid_rows,
