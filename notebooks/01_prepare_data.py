@@ -36,7 +36,9 @@ sys.path.insert(0, repo_root)
 from penguin_lab import notebook
 from penguin_lab.config import TrainConfig
 from penguin_lab.data import encode, prepare_splits, spark_split, unique_complete
-from penguin_lab.read import lines_of, read_penguins, spark_path
+from penguin_lab.read import read_penguins
+from penguin_lab.records import lines_of
+from penguin_lab.spark import spark_path
 from penguin_lab.spark import get_spark
 from penguin_lab.validate import as_number
 

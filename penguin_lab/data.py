@@ -111,7 +111,7 @@ def write_split(split, folder: Path, seed: int) -> tuple[str, str]:
     """Write both sides in one Spark job, rows in a seeded random order so that any row group is a fair sample."""
     from pyspark.sql import functions as F
 
-    from .read import spark_path
+    from .spark import spark_path
 
     order = F.xxhash64(F.lit(seed + 1), F.col("Row"))
     side = F.when(F.col("is_test"), "test").otherwise("train").alias("side")
@@ -142,7 +142,7 @@ def overlap_rows(x_train, y_train, x_test, y_test) -> int:
 
 def overlap_join(spark, train_path: str, test_path: str) -> int:
     """Test rows whose features and label also occur in training (a Spark join): answers the model has seen."""
-    from .read import spark_path
+    from .spark import spark_path
 
     train = spark.read.parquet(spark_path(train_path)).select(*FEATURES, LABEL)
     test = spark.read.parquet(spark_path(test_path)).select(*FEATURES, LABEL)
@@ -152,7 +152,7 @@ def overlap_join(spark, train_path: str, test_path: str) -> int:
 def side_counts(spark, path: str) -> dict:
     from pyspark.sql import functions as F
 
-    from .read import spark_path
+    from .spark import spark_path
 
     if not any(Path(path).glob("*.parquet")):
         return {}

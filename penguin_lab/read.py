@@ -13,15 +13,14 @@ from pathlib import Path
 
 from .config import ISLAND, LABEL, MEASUREMENTS
 from .errors import LabError
-from .sniff import CsvFile, find_columns, sniff_csv
-from .validate import MAX_LINE_CHARS, PROBLEM_TYPE, checked, folded, message, normalize_name, problem, stripped
+from .records import (COLUMNS, PLACE, Numbering, csv_records, lines_of, merge_quoted_lines, table_records,
+                      union)
+from .sniff import sniff_csv
+from .spark import spark_path
+from .validate import PROBLEM_TYPE, message
 
-COLUMNS = [ISLAND, *MEASUREMENTS, LABEL]
-PLACE = ["file", "block", "pos"]
 # The island index is a model input: thousands of names mean the column holds something else.
 MAX_ISLANDS = 1000
-# Quoted line breaks are rare; more than this many lines inside quotes is not a penguin file.
-MAX_QUOTED_LINES = 1_000_000
 _TABLE_NAME = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_`][\w`-]*){1,2}$")
 
 
@@ -40,20 +39,6 @@ class Summary:
 
 
 # --- where the data is ---------------------------------------------------------------------------------
-
-def spark_path(path: str) -> str:
-    """A local path as Spark reads it: /dbfs/x is dbfs:/x on Databricks; glob characters are escaped."""
-    import os
-
-    on_databricks = "DATABRICKS_RUNTIME_VERSION" in os.environ
-    if on_databricks and path.startswith("/dbfs/"):
-        return "dbfs:/" + path[len("/dbfs/"):]
-    if re.match(r"^[a-z][a-z0-9+.-]*:", path) or path.startswith("/Volumes/"):
-        return path
-    local = re.sub(r"([*?\[\]{}\\])", r"\\\1", str(Path(path).resolve()))
-    # On Databricks a path without a scheme is on DBFS; the driver's own files (a Git folder, /tmp) are file:.
-    return "file:" + local if on_databricks else local
-
 
 def _is_parquet(path: Path) -> bool:
     if not path.is_file():  # a pipe can be read only once: it is taken for CSV
@@ -79,90 +64,6 @@ def _check_parquet_footer(path: Path) -> None:
 def _data_files(folder: Path) -> list:
     """The data files of a folder Spark (or a person) wrote: hidden and marker files are not data."""
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(("_", ".")))
-
-
-def lines_of(spark, files: list) -> list:
-    """The lines of each CSV file, with its file index, block and position in the block."""
-    from pyspark.sql import functions as F
-
-    return [spark.read.text(spark_path(f.text_path)).select(
-        F.lit(i).alias("file"), F.col("_metadata.file_block_start").alias("block"),
-        F.monotonically_increasing_id().alias("pos"), "value") for i, f in enumerate(files)]
-
-
-def union(frames: list):
-    """One DataFrame of several with the same columns (the partitions of each, in order)."""
-    result = frames[0]
-    for frame in frames[1:]:
-        result = result.unionByName(frame)
-    return result
-
-
-# --- from a line to a record ---------------------------------------------------------------------------
-
-def _fields(value, delimiter: str):
-    """The fields of a line: a plain split, or a quote-aware one (with unquoting) when the line has quotes."""
-    from pyspark.sql import functions as F
-
-    d = "\\t" if delimiter == "\t" else re.escape(delimiter)
-    outside_quotes = f'{d}(?=(?:[^"]*"[^"]*")*[^"]*\\z)'
-    quoted = r'^"(?:[^"]|"")*"\z'
-
-    def unquote(f):
-        lead = F.ltrim(f)
-        inside = lead.substr(F.lit(2), F.length(lead) - 2)
-        return F.when(lead.rlike(quoted), F.regexp_replace(inside, '""', '"')).otherwise(f)
-
-    has_quote = F.instr(value, '"') > 0
-    split_quoted = F.split(value, outside_quotes, -1)
-    fields = F.when(has_quote, F.transform(split_quoted, unquote)).otherwise(F.split(value, d, -1))
-    bad_quote = has_quote & F.exists(split_quoted, lambda f: F.ltrim(f).startswith('"') & ~F.ltrim(f).rlike(quoted))
-    return fields, bad_quote
-
-
-def csv_records(lines, f: CsvFile, require_label: bool):
-    """The records of one CSV file's lines: kind (blank, sep, header or data), values and the first problem."""
-    from pyspark.sql import functions as F
-
-    value, fields = F.col("value"), F.col("fields")
-    split, bad_quote = _fields(value, f.delimiter)
-    tokens = lines.select(*PLACE, "value", split.alias("fields"), bad_quote.alias("bad_quote"))
-    count = F.size(fields)
-    width, header_width = max(f.position.values()) + 1, len(f.header)
-    texts = [stripped(F.get(fields, F.lit(i))).alias(f"t_{c}") for c, i in f.position.items()]
-    names_again = F.lit(True)
-    for column, i in f.position.items():  # a copy of the header inside the data, as `cat a.csv b.csv` leaves it
-        names_again = names_again & (folded(F.get(fields, F.lit(i))) == normalize_name(column))
-    # Only a field that cannot start a number may be a column name: the costly comparison is skipped for data.
-    first_character = F.substring(F.col("t_CulmenLength"), 1, 1)
-    maybe_names = (first_character != "") & ~first_character.isin(*"0123456789.+-")
-    d = "\\t" if f.delimiter == "\t" else re.escape(f.delimiter)
-    kind = (F.when(stripped(value, f.delimiter) == "", "blank")
-            .when(F.lit(f.sep_line is not None) & (value == F.lit(f.sep_line or "")), "sep")
-            .when((value == f.header_text) | (maybe_names & names_again), "header").otherwise("data"))
-    extra = F.slice(fields, header_width + 1, F.greatest(count - header_width, F.lit(1)))
-    shape = (F.when(F.length(value) >= MAX_LINE_CHARS, problem("long_line"))
-             .when(F.col("bad_quote"), problem("text_after_quote"))
-             .when(count < width, problem("too_few_fields", None, count))
-             .when((count > header_width) & F.exists(extra, lambda x: stripped(x) != ""),
-                   problem("too_many_fields", None, count)))
-    quotes = F.length(value) - F.length(F.regexp_replace(value, '"', ""))
-    cells = (tokens.select(*PLACE, "value", "fields", *texts, shape.alias("shape"))
-             .select(*PLACE, kind.alias("kind"), (quotes % 2 == 1).alias("odd_quotes"), *[f"t_{c}" for c in f.position],
-                     "shape"))
-    return checked(cells, [*PLACE, "kind", "odd_quotes"], f.delimiter != ",", require_label)
-
-
-def table_records(frame, where: str, require_label: bool):
-    """Records of Parquet files or a table (with PLACE columns): columns found by name, checked by the same rules."""
-    from pyspark.sql import functions as F
-
-    names = [c for c in frame.columns if c not in PLACE]
-    position = find_columns(names, require_label, where, 1, ",")
-    texts = [stripped(F.col(f"`{names[i]}`").cast("string")).alias(f"t_{c}") for c, i in position.items()]
-    cells = frame.select(*PLACE, F.lit("data").alias("kind"), F.lit(False).alias("odd_quotes"), *texts,
-                         F.lit(None).cast(PROBLEM_TYPE).alias("shape"))
-    return checked(cells, [*PLACE, "kind", "odd_quotes"], False, require_label)
 
 
 # --- one pass over every record ----------------------------------------------------------------------
@@ -214,75 +115,6 @@ def summarize(records) -> Summary:
         summary.first_problem = {"at": (row["file"], row["block"], row["pos"]), "kind": row["kind"],
                                  "column": row["column"], "value": row["value"]}
     return summary
-
-
-# --- line numbers, worked out when needed --------------------------------------------------------------
-
-class Numbering:
-    """Line (or row) numbers from (file, block, pos): a count of the lines in each block, done once."""
-
-    def __init__(self, lines):
-        self.lines = lines
-        self._blocks = None
-
-    def blocks(self) -> dict:
-        if self._blocks is None:
-            from pyspark.sql import functions as F
-
-            counted = self.lines.groupBy("file", "block").agg(F.count("*").alias("n"), F.min("pos").alias("first"))
-            before, self._blocks = {}, {}
-            for row in sorted(counted.collect(), key=lambda r: (r["file"], r["block"])):
-                offset = before.get(row["file"], 0)
-                self._blocks[(row["file"], row["block"])] = (offset, row["first"])
-                before[row["file"]] = offset + row["n"]
-        return self._blocks
-
-    def line(self, place) -> int:
-        file, block, pos = place
-        offset, first = self.blocks()[(file, block)]
-        return offset + pos - first + 1
-
-    def numbered(self, frame, spark):
-        """`frame` with a `line` column, for every record (a broadcast join with the small block table)."""
-        from pyspark.sql import functions as F
-
-        table = spark.createDataFrame([(f, b, o, first) for (f, b), (o, first) in self.blocks().items()],
-                                      "file int, block long, offset long, first long")
-        return (frame.join(F.broadcast(table), ["file", "block"])
-                .withColumn("line", F.col("offset") + F.col("pos") - F.col("first") + 1)
-                .drop("offset", "first"))
-
-
-def merge_quoted_lines(spark, lines, numbering: Numbering, files: list):
-    """Lines inside a quoted field belong to the record the quote opened on: join them to it with \\n.
-
-    Only the lines with an odd number of quotes are read by the driver; a quote left open is an error."""
-    from pyspark.sql import functions as F
-
-    quotes = F.length("value") - F.length(F.regexp_replace("value", '"', ""))
-    numbered = numbering.numbered(lines, spark)
-    odd = numbered.filter(quotes % 2 == 1).select("file", "line").orderBy("file", "line").limit(MAX_QUOTED_LINES + 1)
-    by_file = {}
-    for row in odd.collect():
-        by_file.setdefault(row["file"], []).append(row["line"])
-    continued = []
-    for file, marks in by_file.items():
-        if len(marks) % 2:
-            raise LabError(message(files[file].where, marks[-1], {"kind": "unclosed_quote"}))
-        for start, end in zip(marks[::2], marks[1::2]):
-            continued += [(file, line, start) for line in range(start, end + 1)]
-            if len(continued) > MAX_QUOTED_LINES:
-                raise LabError(f"{files[file].where}: row {start}: more than {MAX_QUOTED_LINES} lines inside quotes; "
-                               f"expected one line per penguin")
-    table = spark.createDataFrame(continued, "file int, line long, start long")
-    joined = numbered.join(F.broadcast(table), ["file", "line"], "left")
-    single = joined.filter(F.col("start").isNull()).select("file", "block", "pos", "value")
-    parts = F.array_sort(F.collect_list(F.struct("line", "value")))
-    merged = (joined.filter(F.col("start").isNotNull()).groupBy("file", "start")
-              .agg(F.min(F.struct("block", "pos")).alias("at"),
-                   F.concat_ws("\n", F.transform(parts, lambda p: p["value"])).alias("value"))
-              .select("file", "at.block", "at.pos", "value"))
-    return single.unionByName(merged)
 
 
 # --- the reader ----------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -110,3 +109,17 @@ def get_spark(record_archive: Path | None = None, large_input: bool = False):
             PySparkLogger.getLogger(name).setLevel(logging.CRITICAL)
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def spark_path(path: str) -> str:
+    """A local path as Spark reads it: /dbfs/x is dbfs:/x on Databricks; glob characters are escaped."""
+    import os
+
+    on_databricks = "DATABRICKS_RUNTIME_VERSION" in os.environ
+    if on_databricks and path.startswith("/dbfs/"):
+        return "dbfs:/" + path[len("/dbfs/"):]
+    if re.match(r"^[a-z][a-z0-9+.-]*:", path) or path.startswith("/Volumes/"):
+        return path
+    local = re.sub(r"([*?\[\]{}\\])", r"\\\1", str(Path(path).resolve()))
+    # On Databricks a path without a scheme is on DBFS; the driver's own files (a Git folder, /tmp) are file:.
+    return "file:" + local if on_databricks else local

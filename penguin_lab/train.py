@@ -56,6 +56,13 @@ def sampled_indices(sampler: Sampler) -> torch.Tensor:
     """One pass of `sampler` as a tensor of row indices, in the order it yields them."""
     if type(sampler) is DistributedSampler:
         return distributed_shard(sampler)
+    if type(sampler) is RandomSampler and not sampler.replacement and sampler.generator is not None \
+            and sampler.num_samples == len(sampler.data_source):
+        # What RandomSampler yields, drawn the same way from its generator, without a Python number per row
+        # (it also draws a second, unused permutation for the remainder of num_samples: so do we).
+        order = torch.randperm(len(sampler.data_source), generator=sampler.generator)
+        torch.randperm(len(sampler.data_source), generator=sampler.generator)
+        return order
     return torch.tensor(list(sampler), dtype=torch.long)
 
 

@@ -120,3 +120,16 @@ def test_loader_batches_follow_the_sampler_order(prepared):
 def test_index_batches_refuses_an_empty_batch_size():
     with pytest.raises(ValueError, match="batch_size"):
         IndexBatches(SequentialSampler(range(3)), 0)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 1000])
+def test_a_seeded_random_sampler_as_one_tensor_gives_its_own_order_every_epoch(rows):
+    from torch.utils.data import RandomSampler
+
+    from penguin_lab.train import sampled_indices
+
+    dataset = make_dataset(np.zeros((rows, 5), np.float32), np.zeros(rows, np.int64))
+    fast = RandomSampler(dataset, generator=torch.Generator().manual_seed(3))
+    reference = RandomSampler(dataset, generator=torch.Generator().manual_seed(3))
+    for _ in range(3):
+        assert torch.equal(sampled_indices(fast), torch.tensor(list(reference)))

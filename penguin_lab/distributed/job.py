@@ -54,7 +54,7 @@ class DistributedJob:
     def check_data_readable(self) -> None:
         """On a rank: a one-line LabError if this machine cannot see the prepared Parquet."""
         for name, path in (("training", self.train_path), ("test", self.test_path)):
-            if not Path(path).is_dir():
+            if not Path(path).exists():
                 raise LabError(f"{path}: the prepared {name} set is not on this rank's machine; put the prepared "
                                f"Parquet on storage every node reads (a shared file system, /dbfs or /Volumes)")
 

@@ -1,0 +1,175 @@
+"""From the lines of a file to checked records, in Spark: fields, kinds (blank, header, data), values, problems.
+
+Every record keeps its place as (file, block, pos): `pos` is Spark's number for the record, which grows
+in file order, and `block` the part of the file it was read from. Line numbers are worked out from
+those (Numbering) only when a message or a caller needs them.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .config import ISLAND, LABEL, MEASUREMENTS
+from .errors import LabError
+from .sniff import CsvFile, find_columns
+from .spark import spark_path
+from .validate import MAX_LINE_CHARS, PROBLEM_TYPE, checked, folded, message, normalize_name, problem, stripped
+
+COLUMNS = [ISLAND, *MEASUREMENTS, LABEL]
+PLACE = ["file", "block", "pos"]
+# Quoted line breaks are rare; more than this many lines inside quotes is not a penguin file.
+MAX_QUOTED_LINES = 1_000_000
+
+
+def lines_of(spark, files: list) -> list:
+    """The lines of each CSV file, with its file index, block and position in the block."""
+    from pyspark.sql import functions as F
+
+    return [spark.read.text(spark_path(f.text_path)).select(
+        F.lit(i).alias("file"), F.col("_metadata.file_block_start").alias("block"),
+        F.monotonically_increasing_id().alias("pos"), "value") for i, f in enumerate(files)]
+
+
+def union(frames: list):
+    """One DataFrame of several with the same columns (the partitions of each, in order)."""
+    result = frames[0]
+    for frame in frames[1:]:
+        result = result.unionByName(frame)
+    return result
+
+
+# --- from a line to a record ---------------------------------------------------------------------------
+
+def _fields(value, delimiter: str):
+    """The fields of a line: a plain split, or a quote-aware one (with unquoting) when the line has quotes."""
+    from pyspark.sql import functions as F
+
+    d = "\\t" if delimiter == "\t" else re.escape(delimiter)
+    outside_quotes = f'{d}(?=(?:[^"]*"[^"]*")*[^"]*\\z)'
+    quoted = r'^"(?:[^"]|"")*"\z'
+
+    def unquote(f):
+        lead = F.ltrim(f)
+        inside = lead.substr(F.lit(2), F.length(lead) - 2)
+        return F.when(lead.rlike(quoted), F.regexp_replace(inside, '""', '"')).otherwise(f)
+
+    has_quote = F.instr(value, '"') > 0
+    fields = F.when(has_quote, F.transform(F.split(value, outside_quotes, -1), unquote)).otherwise(F.split(value, d, -1))
+    # The same split, spelled differently on purpose: Spark would otherwise compute one shared copy of it for
+    # every line, quotes or not, and the quote-aware split costs far more than the plain one.
+    again = F.split(value, outside_quotes + "(?:)", -1)
+    bad_quote = F.when(has_quote, F.exists(again, lambda f: F.ltrim(f).startswith('"') & ~F.ltrim(f).rlike(quoted)))
+    return fields, F.coalesce(bad_quote, F.lit(False))
+
+
+def csv_records(lines, f: CsvFile, require_label: bool):
+    """The records of one CSV file's lines: kind (blank, sep, header or data), values and the first problem."""
+    from pyspark.sql import functions as F
+
+    value, fields = F.col("value"), F.col("fields")
+    split, bad_quote = _fields(value, f.delimiter)
+    tokens = lines.select(*PLACE, "value", split.alias("fields"), bad_quote.alias("bad_quote"))
+    count = F.size(fields)
+    width, header_width = max(f.position.values()) + 1, len(f.header)
+    texts = [stripped(F.get(fields, F.lit(i))).alias(f"t_{c}") for c, i in f.position.items()]
+    names_again = F.lit(True)
+    for column, i in f.position.items():  # a copy of the header inside the data, as `cat a.csv b.csv` leaves it
+        names_again = names_again & (folded(F.get(fields, F.lit(i))) == normalize_name(column))
+    # Only a field that cannot start a number may be a column name: the costly comparison is skipped for data.
+    first_character = F.substring(F.col("t_CulmenLength"), 1, 1)
+    maybe_names = (first_character != "") & ~first_character.isin(*"0123456789.+-")
+    kind = (F.when(stripped(value, f.delimiter) == "", "blank")
+            .when(F.lit(f.sep_line is not None) & (value == F.lit(f.sep_line or "")), "sep")
+            .when((value == f.header_text) | (maybe_names & names_again), "header").otherwise("data"))
+    extra = F.slice(fields, header_width + 1, F.greatest(count - header_width, F.lit(1)))
+    shape = (F.when(F.length(value) >= MAX_LINE_CHARS, problem("long_line"))
+             .when(F.col("bad_quote"), problem("text_after_quote"))
+             .when(count < width, problem("too_few_fields", None, count))
+             .when((count > header_width) & F.exists(extra, lambda x: stripped(x) != ""),
+                   problem("too_many_fields", None, count)))
+    quotes = F.length(value) - F.length(F.regexp_replace(value, '"', ""))
+    cells = (tokens.select(*PLACE, "value", "fields", *texts, shape.alias("shape"))
+             .select(*PLACE, kind.alias("kind"), (quotes % 2 == 1).alias("odd_quotes"), *[f"t_{c}" for c in f.position],
+                     "shape"))
+    return checked(cells, [*PLACE, "kind", "odd_quotes"], f.delimiter != ",", require_label)
+
+
+def table_records(frame, where: str, require_label: bool):
+    """Records of Parquet files or a table (with PLACE columns): columns found by name, checked by the same rules."""
+    from pyspark.sql import functions as F
+
+    names = [c for c in frame.columns if c not in PLACE]
+    position = find_columns(names, require_label, where, 1, ",")
+    texts = [stripped(F.col(f"`{names[i]}`").cast("string")).alias(f"t_{c}") for c, i in position.items()]
+    cells = frame.select(*PLACE, F.lit("data").alias("kind"), F.lit(False).alias("odd_quotes"), *texts,
+                         F.lit(None).cast(PROBLEM_TYPE).alias("shape"))
+    return checked(cells, [*PLACE, "kind", "odd_quotes"], False, require_label)
+
+
+# --- line numbers, worked out when needed --------------------------------------------------------------
+
+class Numbering:
+    """Line (or row) numbers from (file, block, pos): a count of the lines in each block, done once."""
+
+    def __init__(self, lines):
+        self.lines = lines
+        self._blocks = None
+
+    def blocks(self) -> dict:
+        if self._blocks is None:
+            from pyspark.sql import functions as F
+
+            counted = self.lines.groupBy("file", "block").agg(F.count("*").alias("n"), F.min("pos").alias("first"))
+            before, self._blocks = {}, {}
+            for row in sorted(counted.collect(), key=lambda r: (r["file"], r["block"])):
+                offset = before.get(row["file"], 0)
+                self._blocks[(row["file"], row["block"])] = (offset, row["first"])
+                before[row["file"]] = offset + row["n"]
+        return self._blocks
+
+    def line(self, place) -> int:
+        file, block, pos = place
+        offset, first = self.blocks()[(file, block)]
+        return offset + pos - first + 1
+
+    def numbered(self, frame, spark):
+        """`frame` with a `line` column, for every record (a broadcast join with the small block table)."""
+        from pyspark.sql import functions as F
+
+        table = spark.createDataFrame([(f, b, o, first) for (f, b), (o, first) in self.blocks().items()],
+                                      "file int, block long, offset long, first long")
+        return (frame.join(F.broadcast(table), ["file", "block"])
+                .withColumn("line", F.col("offset") + F.col("pos") - F.col("first") + 1)
+                .drop("offset", "first"))
+
+
+def merge_quoted_lines(spark, lines, numbering: Numbering, files: list):
+    """Lines inside a quoted field belong to the record the quote opened on: join them to it with \\n.
+
+    Only the lines with an odd number of quotes are read by the driver; a quote left open is an error."""
+    from pyspark.sql import functions as F
+
+    quotes = F.length("value") - F.length(F.regexp_replace("value", '"', ""))
+    numbered = numbering.numbered(lines, spark)
+    odd = numbered.filter(quotes % 2 == 1).select("file", "line").orderBy("file", "line").limit(MAX_QUOTED_LINES + 1)
+    by_file = {}
+    for row in odd.collect():
+        by_file.setdefault(row["file"], []).append(row["line"])
+    continued = []
+    for file, marks in by_file.items():
+        if len(marks) % 2:
+            raise LabError(message(files[file].where, marks[-1], {"kind": "unclosed_quote"}))
+        for start, end in zip(marks[::2], marks[1::2]):
+            continued += [(file, line, start) for line in range(start, end + 1)]
+            if len(continued) > MAX_QUOTED_LINES:
+                raise LabError(f"{files[file].where}: row {start}: more than {MAX_QUOTED_LINES} lines inside quotes; "
+                               f"expected one line per penguin")
+    table = spark.createDataFrame(continued, "file int, line long, start long")
+    joined = numbered.join(F.broadcast(table), ["file", "line"], "left")
+    single = joined.filter(F.col("start").isNull()).select("file", "block", "pos", "value")
+    parts = F.array_sort(F.collect_list(F.struct("line", "value")))
+    merged = (joined.filter(F.col("start").isNotNull()).groupBy("file", "start")
+              .agg(F.min(F.struct("block", "pos")).alias("at"),
+                   F.concat_ws("\n", F.transform(parts, lambda p: p["value"])).alias("value"))
+              .select("file", "at.block", "at.pos", "value"))
+    return single.unionByName(merged)
