@@ -13,8 +13,8 @@ from pathlib import Path
 
 from .config import ISLAND, LABEL, MEASUREMENTS
 from .errors import LabError
-from .records import (COLUMNS, PLACE, Numbering, csv_records, lines_of, merge_quoted_lines, table_records,
-                      union)
+from .records import (COLUMNS, PLACE, Numbering, csv_records, lines_of, merge_quoted_lines, position,
+                      table_records, union)
 from .sniff import sniff_csv
 from .spark import spark_path
 from .validate import PROBLEM_TYPE, message
@@ -173,7 +173,7 @@ def _sources(spark, path: str, scratch: Path, require_label: bool):
         where = [str(f) for f in files]
         frames = [spark.read.parquet(spark_path(str(f))).select(
             F.lit(i).alias("file"), F.col("_metadata.file_block_start").alias("block"),
-            F.monotonically_increasing_id().alias("pos"), "*") for i, f in enumerate(files)]
+            position(i).alias("pos"), "*") for i, f in enumerate(files)]
         records = [table_records(frame, str(f), require_label) for frame, f in zip(frames, files)]
         return union(records), union([frame.select(*PLACE) for frame in frames]), where
     csvs = [sniff_csv(f, scratch, require_label, where=path if f is local else str(f)) for f in files]

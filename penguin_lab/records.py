@@ -17,6 +17,9 @@ from .validate import MAX_LINE_CHARS, PROBLEM_TYPE, checked, folded, message, no
 
 COLUMNS = [ISLAND, *MEASUREMENTS, LABEL]
 PLACE = ["file", "block", "pos"]
+# Spark numbers records within each file's scan; the file's index above those bits makes `pos` unique and in
+# file order across files (a file would need 2**15 blocks, 4 TB, to reach them).
+FILE_BITS = 48
 # Quoted line breaks are rare; more than this many lines inside quotes is not a penguin file.
 MAX_QUOTED_LINES = 1_000_000
 
@@ -27,7 +30,14 @@ def lines_of(spark, files: list) -> list:
 
     return [spark.read.text(spark_path(f.text_path)).select(
         F.lit(i).alias("file"), F.col("_metadata.file_block_start").alias("block"),
-        F.monotonically_increasing_id().alias("pos"), "value") for i, f in enumerate(files)]
+        position(i).alias("pos"), "value") for i, f in enumerate(files)]
+
+
+def position(file_index: int):
+    """A record's number: unique over every file read, and growing in file order."""
+    from pyspark.sql import functions as F
+
+    return F.lit(file_index << FILE_BITS) + F.monotonically_increasing_id()
 
 
 def union(frames: list):

@@ -64,3 +64,29 @@ def test_a_table_is_read_by_name(tmp_path, spark):
     spark.sql(f"CREATE TABLE lab.penguins USING parquet LOCATION '{tmp_path / 'table'}' AS SELECT * FROM penguin_rows")
     penguins = read_penguins(spark, "lab.penguins")
     assert penguins.summary.data_rows == 342 and penguins.where == "lab.penguins"
+
+
+def test_the_first_bad_row_of_a_folder_is_in_its_first_file(tmp_path):
+    """Records are numbered within each file's scan; the first problem is still found in file order."""
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    rows = "".join(f"Torgersen,{39 + i / 10:.1f},18.7,181,3750,0\n" for i in range(3))
+    (folder / "part-0.csv").write_text(HEADER + rows + "Biscoe,46.1,13.2,211,-1,1\n")
+    (folder / "part-1.csv").write_text(HEADER + "Dream,46.5,x,192,3500,2\n")
+    with pytest.raises(LabError) as error:
+        read_penguins_csv(folder)
+    assert str(error.value).startswith(f"{folder / 'part-0.csv'}: row 5, column 'BodyMass': '-1'")
+
+
+def test_rows_of_every_file_in_a_folder_keep_distinct_ids(tmp_path, spark):
+    from penguin_lab.config import TrainConfig
+    from penguin_lab.data import prepare_splits
+
+    lines = DATA.read_text().splitlines(keepends=True)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    (folder / "part-0.csv").write_text("".join(lines[:173]))
+    (folder / "part-1.csv").write_text(lines[0] + "".join(lines[173:]))
+    prepared = prepare_splits(spark, read_penguins(spark, folder), TrainConfig())
+    assert prepared.counts["train_rows"] + prepared.counts["test_rows"] == 342
+    assert len(prepared.x_train) == prepared.counts["train_rows"]  # reading the Parquet checks ids are unique
