@@ -66,12 +66,7 @@ def staged_dir(final: Path):
     `.NAME.tmp-HOST-PID-*` folder behind (never `final`); the next run into `final` removes it.
     """
     final = check_output_dir(final)
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        remove_abandoned_staging(final)
-        staging = Path(tempfile.mkdtemp(prefix=f"{staging_prefix(final)}{os.getpid()}-", dir=final.parent))
-    except OSError as e:
-        raise LabError(f"{final}: cannot create the results folder: {e.strerror or e}") from None
+    staging = new_staging_folder(final, "results folder")
     try:
         yield staging
         check_output_dir(final)  # again: something may have appeared there meanwhile
@@ -79,6 +74,16 @@ def staged_dir(final: Path):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def new_staging_folder(final: Path, what: str) -> Path:
+    """An empty hidden folder beside `final`, after removing those that killed runs left there."""
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned_staging(final)
+        return Path(tempfile.mkdtemp(prefix=f"{staging_prefix(final)}{os.getpid()}-", dir=final.parent))
+    except OSError as e:
+        raise LabError(f"{final}: cannot create the {what}: {e.strerror or e}") from None
 
 
 def staging_prefix(final: Path) -> str:

@@ -204,7 +204,7 @@ def cmd_distributed(args) -> int:
           f"on {metrics['test_rows']} held-out penguins; {metrics['epochs']} epochs in "
           f"{metrics['train_seconds']:.2f} s, whole run {metrics['total_seconds']:.2f} s")
     print(f"weights identical on all {metrics['world_size']} ranks (sha256 {metrics['rank_checksums'][0][:16]}...)")
-    print(f"results in {out}/: metrics.json, model/")
+    print(f"results in {out}/: metrics.json, model/, prepared/")
     return 0
 
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .artifacts import remove_abandoned_staging, staging_prefix
+from .artifacts import new_staging_folder
 from .config import DEFAULT_DATA, ISLAND, LABEL, MEASUREMENTS
 from .errors import LabError
 
@@ -149,12 +148,7 @@ def synthesize(spark, rows: int, out, fmt: str = "csv", seed: int = 0, partition
 
     # Spark writes into a hidden folder beside `out`, renamed into place only once complete. A killed
     # run's folder is removed by the next run into `out` (as for results folders).
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        remove_abandoned_staging(out)
-        staging = Path(tempfile.mkdtemp(prefix=f"{staging_prefix(out)}{os.getpid()}-", dir=out.parent))
-    except OSError as e:
-        raise LabError(f"{out}: cannot create the output folder: {e.strerror or e}") from None
+    staging = new_staging_folder(out, "output folder")
     try:
         written = staging / "part-files"
         _write(spark, table, fmt, str(written), tag=f"penguin-lab-synth-{staging.name}")
