@@ -161,7 +161,7 @@ def run_lab(data_path=DEFAULT_DATA, out_dir=None, config: TrainConfig = TrainCon
         warm_up_imports()
         spark = spark_ready.result()
     seconds = {}
-    with output_errors(out_dir), staged_dir(Path(out_dir)) as staging:
+    with output_errors(out_dir), staged_dir(Path(out_dir)) as staging, jobs_stopped_on_error(spark):
         with stage(seconds, "read"), spark_stages(spark, "reading", progress):
             penguins = read_penguins(spark, data_path, _scratch(staging), drop_invalid=drop_invalid)
         with stage(seconds, "prepare"), spark_stages(spark, "preparing", progress):
@@ -179,6 +179,20 @@ def run_lab(data_path=DEFAULT_DATA, out_dir=None, config: TrainConfig = TrainCon
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     metrics["total_seconds"] = round(time.perf_counter() - started, 4)  # the last file is in place
     return metrics
+
+
+@contextlib.contextmanager
+def jobs_stopped_on_error(spark, wait_seconds: float = 30):
+    """On an error or Ctrl-C, Spark's running jobs are cancelled and awaited before the staging folder is
+    removed: a task still writing Parquet there would otherwise leave files behind."""
+    try:
+        yield
+    except BaseException:
+        spark.sparkContext.cancelAllJobs()
+        tracker, deadline = spark.sparkContext.statusTracker(), time.monotonic() + wait_seconds
+        while tracker.getActiveJobsIds() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        raise
 
 
 def _scratch(staging: Path) -> Path:
