@@ -197,7 +197,11 @@ def prepare_splits(spark, data, config: TrainConfig, where: str = "data", folder
     penguins = penguins_from_pandas(spark, data, where) if hasattr(data, "iloc") else data
     if folder is None:
         folder = Path(tempfile.mkdtemp(prefix="penguin-lab-prepared-"))
-        prepared = prepare(spark, penguins, config, folder)
+        try:
+            prepared = prepare(spark, penguins, config, folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # a refused split leaves no folder behind
+            raise
         weakref.finalize(prepared, shutil.rmtree, folder, True)
         return prepared
     return prepare(spark, penguins, config, folder)

@@ -8,9 +8,11 @@ import codecs
 import json
 import math
 import os
+import tempfile
 import threading
 
 import numpy as np
+
 import pytest
 
 from conftest import DATA, assert_one_line_error, run_cli
@@ -319,11 +321,15 @@ def test_rows_may_omit_trailing_extra_columns(tmp_path):
 
 # --- too little data to split (through the Spark preparation) -----------------------------------------------
 
-def test_a_species_with_one_row_cannot_be_split(tmp_path, spark):
+def test_a_species_with_one_row_cannot_be_split(tmp_path, spark, monkeypatch):
     rows = [ROWS[0], ROWS[0].replace("39.1", "40.1"), ROWS[1], ROWS[1].replace("46.1", "47.1"), ROWS[2]]
     raw = read(tmp_path, HEADER + "\n" + "\n".join(rows) + "\n")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     with pytest.raises(LabError, match="species Chinstrap has 1 complete row; a stratified split needs at least 2"):
         prepare_splits(spark, raw, TrainConfig(), where="few.csv")
+    assert list(scratch.iterdir()) == []  # the refused split's temporary Parquet is gone
 
 
 def test_one_species_only_or_no_complete_row_cannot_be_split(tmp_path, spark):
