@@ -35,7 +35,8 @@ sys.path.insert(0, repo_root)
 
 from penguin_lab import notebook
 from penguin_lab.config import TrainConfig
-from penguin_lab.data import encode, prepare_splits, spark_split, unique_complete
+from penguin_lab.data import encode, prepare_splits, unique_complete
+from penguin_lab.split import spark_split
 from penguin_lab.read import read_penguins
 from penguin_lab.records import lines_of
 from penguin_lab.spark import spark_path

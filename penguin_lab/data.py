@@ -18,6 +18,8 @@ import numpy as np
 
 from .config import FEATURES, ISLAND, LABEL, MEASUREMENTS, SCALE, SPECIES, TrainConfig
 from .errors import LabError
+from .spark import spark_path
+from .split import spark_split
 
 VALUES = [ISLAND, *MEASUREMENTS, LABEL]
 
@@ -80,21 +82,6 @@ def unique_complete(valid):
     return (valid.dropna(subset=VALUES).groupBy(*VALUES).agg(F.min("pos").alias("Row")))
 
 
-def spark_split(data, test_fraction: float, seed: int):
-    """Stratified, seeded split in Spark: within each species, a fixed share of rows goes to test.
-
-    Rows are ordered by a hash of the seed and the row's values, so the same seed picks the same rows
-    on any cluster, with any number of partitions and in any file order. Adds a boolean `is_test`."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    by_species = Window.partitionBy(LABEL)
-    key = F.xxhash64(F.lit(seed), *[F.col(c) for c in [ISLAND, *FEATURES[1:], LABEL]])
-    ranked = Window.partitionBy(LABEL).orderBy(key, F.col("Row"))
-    n_test = F.greatest(F.lit(1), F.round(F.count("*").over(by_species) * test_fraction))
-    return data.withColumn("is_test", F.row_number().over(ranked) <= n_test)
-
-
 def check_splittable(species_counts: dict, where: str) -> None:
     """Every species present needs a row on each side of the split."""
     if sum(species_counts.values()) == 0:
@@ -107,27 +94,22 @@ def check_splittable(species_counts: dict, where: str) -> None:
                            f"a stratified split needs at least 2 per species")
 
 
-def write_split(split, folder: Path, seed: int) -> tuple[str, str]:
-    """Write both sides in one Spark job, rows in a seeded random order so that any row group is a fair sample."""
+def shuffled(rows, seed: int):
+    """Rows in a seeded random order within each partition, so that any row group is a fair sample."""
     from pyspark.sql import functions as F
 
-    from .spark import spark_path
+    return rows.sortWithinPartitions(F.xxhash64(F.lit(seed + 1), F.col("Row")), "Row")
 
-    order = F.xxhash64(F.lit(seed + 1), F.col("Row"))
-    side = F.when(F.col("is_test"), "test").otherwise("train").alias("side")
-    # Spark's adaptive execution merges small shuffle partitions: the lab's data is one file.
-    (split.select(side, "Row", *FEATURES, LABEL).repartition(order).sortWithinPartitions(order)
-     .write.partitionBy("side").mode("overwrite").parquet(spark_path(str(folder / "split"))))
+
+def write_split(split, folder: Path) -> tuple[str, str]:
+    """Write the training and test rows of a split (`is_test`) as Parquet, each in the order it has."""
+    from pyspark.sql import functions as F
+
     paths = []
-    for name in ("train", "test"):
-        target = folder / name
-        written = folder / "split" / f"side={name}"
-        if written.is_dir():
-            written.rename(target)
-        else:  # a side with no rows: an empty folder says so
-            target.mkdir()
-        paths.append(str(target))
-    shutil.rmtree(folder / "split", ignore_errors=True)
+    for name, side in (("train", ~F.col("is_test")), ("test", F.col("is_test"))):
+        target = str(folder / name)
+        split.filter(side).select("Row", *FEATURES, LABEL).write.mode("overwrite").parquet(spark_path(target))
+        paths.append(target)
     return paths[0], paths[1]
 
 
@@ -141,18 +123,16 @@ def overlap_rows(x_train, y_train, x_test, y_test) -> int:
 
 
 def overlap_join(spark, train_path: str, test_path: str) -> int:
-    """Test rows whose features and label also occur in training (a Spark join): answers the model has seen."""
-    from .spark import spark_path
+    """Test rows whose features and label also occur in training (a Spark join): answers the model has seen.
 
+    A semi join counts each test row once, however many training rows match it: no distinct() needed."""
     train = spark.read.parquet(spark_path(train_path)).select(*FEATURES, LABEL)
     test = spark.read.parquet(spark_path(test_path)).select(*FEATURES, LABEL)
-    return test.join(train.distinct(), [*FEATURES, LABEL], "left_semi").count()
+    return test.join(train, [*FEATURES, LABEL], "left_semi").count()
 
 
 def side_counts(spark, path: str) -> dict:
     from pyspark.sql import functions as F
-
-    from .spark import spark_path
 
     if not any(Path(path).glob("*.parquet")):
         return {}
@@ -170,7 +150,13 @@ def prepare(spark, penguins, config: TrainConfig, folder: Path) -> PreparedData:
     encoded = encode(unique_complete(penguins.valid()), vocabulary)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    train_path, test_path = write_split(spark_split(encoded, config.test_fraction, config.seed), folder, config.seed)
+    # The split reads the unique rows three times: written once, in the order training will see them.
+    unique_path = spark_path(str(folder / ".unique"))
+    shuffled(encoded, config.seed).write.mode("overwrite").parquet(unique_path)
+    penguins.records.unpersist()  # kept since the read; everything needed is in the Parquet now
+    split = spark_split(spark.read.parquet(unique_path), config.test_fraction, config.seed)
+    train_path, test_path = write_split(split, folder)
+    shutil.rmtree(folder / ".unique", ignore_errors=True)
     train, test = side_counts(spark, train_path), side_counts(spark, test_path)
     species = {label: train.get(label, 0) + test.get(label, 0) for label in {*train, *test}}
     check_splittable(species, penguins.where)
@@ -184,7 +170,6 @@ def prepare(spark, penguins, config: TrainConfig, folder: Path) -> PreparedData:
         "test_rows": sum(test.values()),
         "overlap_rows": overlap_join(spark, train_path, test_path),
     }
-    penguins.records.unpersist()  # kept since the read; everything needed is in the Parquet now
     return PreparedData(train_path, test_path, vocabulary, counts, dict(summary.ranges), config.oversample)
 
 

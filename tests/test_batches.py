@@ -294,5 +294,5 @@ def test_budget_default_and_its_variable():
                                 capture_output=True, text=True, check=True)
         return int(result.stdout)
 
-    assert budget({}) == 2 << 30
+    assert budget({}) == 64 << 20
     assert budget({"PENGUIN_LAB_TRAIN_MEMORY_BYTES": "12345"}) == 12345

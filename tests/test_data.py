@@ -101,3 +101,33 @@ def test_island_names_that_differ_only_in_case_are_refused():
                                 "(row 3); expected one spelling per island")
     check_island_spellings(raw[raw["Row"] != 6], "my.csv")  # one spelling each: fine
     check_island_spellings(raw[raw["Island"].isna()], "my.csv")  # no names at all: fine
+
+
+@pytest.mark.parametrize("bucket_bits", [1, 12, 40])
+@pytest.mark.parametrize("coarse_key", [False, True])
+def test_the_split_is_the_first_rows_of_each_species_by_seeded_key(spark, raw, monkeypatch, bucket_bits, coarse_key):
+    """The histogram's cut gives exactly the rows a full sort per species would: ties broken by Row."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from penguin_lab import split
+
+    monkeypatch.setattr(split, "BUCKET_BITS", bucket_bits)
+    if coarse_key:  # three key values: nearly every comparison is a tie, settled by Row
+        fine = split.split_key
+        monkeypatch.setattr(split, "split_key", lambda seed: F.pmod(fine(seed), F.lit(3)) - 1)
+    data = spark_prepare(spark, raw).cache()
+    for seed, fraction in [(0, 0.3), (5, 0.2), (9, 0.5)]:
+        by_key = Window.partitionBy("Species").orderBy(split.split_key(seed), "Row")
+        n_test = F.greatest(F.lit(1), F.round(F.count("*").over(Window.partitionBy("Species")) * fraction))
+        ranked = data.select("Row", F.row_number().over(by_key).alias("rank"), n_test.alias("n_test"))
+        expected = {r["Row"] for r in ranked.filter(F.col("rank") <= F.col("n_test")).collect()}
+        chosen = {r["Row"] for r in split.spark_split(data, fraction, seed).filter("is_test").collect()}
+        assert chosen == expected and len(chosen) == sum(split.test_rows(n, fraction) for n in (151, 68, 123))
+
+
+def test_test_rows_round_half_up_and_never_zero():
+    from penguin_lab.split import test_rows
+
+    assert [test_rows(n, 0.3) for n in (1, 2, 5, 10, 151)] == [1, 1, 2, 3, 45]
+    assert test_rows(5, 0.5) == 3 and test_rows(3, 0.5) == 2
