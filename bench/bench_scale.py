@@ -49,7 +49,8 @@ def pyarrow_parse_seconds(folder: Path) -> float:
 def run_lab(data: Path, out: Path) -> tuple[dict, float, int]:
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-c", RUN, "run", "--data", str(data), "--out", str(out),
-                             "--epochs", "1", "--batch-size", "65536"], capture_output=True, text=True, cwd=REPO)
+                             "--epochs", "1", "--batch-size", "65536", "--no-tracking"], capture_output=True, text=True,
+                            cwd=REPO)
     wall = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"penguin-lab run failed on {data}: {result.stderr.strip()[-500:]}")

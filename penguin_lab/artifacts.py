@@ -33,7 +33,7 @@ MAX_PARAMETERS = 10_000_000
 
 # What penguin-lab writes into a results or model folder. An existing folder holding anything else is
 # someone's data: it is never replaced (think `--out ~` or `--out data`).
-RESULT_NAMES = {"metrics.json", "loss.png", "weights.txt", "model", "prepared", METADATA_FILE, WEIGHTS_FILE}
+RESULT_NAMES = {"metrics.json", "loss.png", "accuracy.png", "confusion.png", "weights.txt", "model", "prepared", METADATA_FILE, WEIGHTS_FILE}
 
 
 def check_output_dir(final) -> Path:

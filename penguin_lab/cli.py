@@ -56,15 +56,34 @@ def cmd_run(args) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                          oversample=args.oversample, learning_rate=args.learning_rate)
     out = Path(args.out) if args.out else default_out()
-    metrics = run_lab(args.data, out, config, progress=sys.stderr.isatty(), drop_invalid=args.drop_invalid)
+    metrics = run_lab(args.data, out, config, progress=sys.stderr.isatty(), drop_invalid=args.drop_invalid,
+                      track=args.tracking, register=args.register)
     print(f"test accuracy {metrics['test_accuracy']:.4f} on {metrics['test_rows']} held-out penguins "
           f"({metrics['train_rows']} training rows, {metrics['overlap_rows']} overlapping)")
     print(f"rows read {metrics['input_rows']}; not trained on: {metrics['incomplete_rows']} incomplete, "
           f"{metrics['invalid_rows']} invalid, {metrics['duplicate_rows']} duplicate")
     print(f"final loss: training {metrics['final_train_loss']:.4f}, validation {metrics['final_val_loss']:.4f}; "
           f"{metrics['epochs']} epochs in {metrics['train_seconds']:.2f} s, whole run {metrics['total_seconds']:.2f} s")
-    print(f"results in {out}/: metrics.json, loss.png, weights.txt, model/ (and prepared/)")
+    print(f"results in {out}/: metrics.json, loss.png, accuracy.png, confusion.png, weights.txt, model/ "
+          f"(and prepared/)")
+    _print_tracking(metrics)
     return 0
+
+
+def _print_tracking(metrics: dict) -> None:
+    tracked = metrics.get("mlflow")
+    if tracked:
+        registered = f"; registered as {tracked['registered']}" if tracked.get("registered") else ""
+        print(f"MLflow run {tracked['run_id']} in {tracked['tracking_uri']}{registered}")
+
+
+def add_tracking_arguments(parser) -> None:
+    parser.add_argument("--tracking", action=argparse.BooleanOptionalAction, default=None,
+                        help="log the run to MLflow (default: on, unless PENGUIN_LAB_TRACKING=off): "
+                             "MLFLOW_TRACKING_URI, the notebook's experiment on Databricks, or mlflow.db "
+                             "beside the results folder")
+    parser.add_argument("--register", metavar="NAME",
+                        help="register the model under NAME (on Databricks, catalog.schema.model in Unity Catalog)")
 
 
 MEASUREMENT_FLAGS = {"CulmenLength": "culmen_length", "CulmenDepth": "culmen_depth",
@@ -72,9 +91,16 @@ MEASUREMENT_FLAGS = {"CulmenLength": "culmen_length", "CulmenDepth": "culmen_dep
 
 
 def cmd_predict(args) -> int:
+    import tempfile
+
+    from .mlflow_models import is_model_uri, local_model_folder
     from .predict import Predictor
 
-    predictor = Predictor(Path(args.model))
+    if is_model_uri(args.model):
+        with tempfile.TemporaryDirectory(prefix="penguin-lab-model-") as download:
+            predictor = Predictor(local_model_folder(args.model, Path(download)))
+    else:
+        predictor = Predictor(Path(args.model))
     if args.csv:
         return _predict_csv(predictor, args)
     given = {name: getattr(args, flag) for name, flag in MEASUREMENT_FLAGS.items()}
@@ -116,6 +142,19 @@ def _predict_csv(predictor, args) -> int:
     return 0
 
 
+def cmd_score(args) -> int:
+    from .score import score
+    from .spark import LARGE_INPUT_BYTES, get_spark, input_bytes
+
+    spark = get_spark(large_input=input_bytes(args.data) >= LARGE_INPUT_BYTES)
+    result = score(spark, args.model, args.data, args.out, drop_invalid=args.drop_invalid)
+    flagged = (f"{result['flagged']} could not be scored and were dropped" if args.drop_invalid else
+               f"{result['flagged']} could not be scored (see their reason column)")
+    print(f"scored {result['rows']} penguins in {result['seconds']:.1f} s; {flagged}")
+    print(f"predictions in {result['out']}/ (Parquet: the input columns, predicted_species, p_<species>, reason)")
+    return 0
+
+
 def cmd_synth(args) -> int:
     from .synth import synthesize
 
@@ -141,10 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--oversample", type=positive_int, default=TrainConfig.oversample,
                      help="copies of each training row (the lab used 4); test rows are never copied")
     run.add_argument("--drop-invalid", action="store_true", help="drop rows with invalid values instead of stopping")
+    add_tracking_arguments(run)
     run.set_defaults(func=cmd_run)
 
     predict = commands.add_parser("predict", help="predict the species of a penguin with a saved model")
-    predict.add_argument("--model", required=True, help="model folder (e.g. runs/<timestamp>/model)")
+    predict.add_argument("--model", required=True,
+                         help="model folder (e.g. runs/<timestamp>/model), or an MLflow runs:/ or models:/ URI "
+                              "(from MLFLOW_TRACKING_URI, else runs/mlflow.db)")
     predict.add_argument("--island", help="island name, e.g. Biscoe")
     predict.add_argument("--culmen-length", type=str, help="mm")
     predict.add_argument("--culmen-depth", type=str, help="mm")
@@ -155,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="machine-readable output")
     predict.set_defaults(func=cmd_predict)
 
+    scoring = commands.add_parser("score", help="score a CSV or Parquet input of any size with Spark, into Parquet")
+    scoring.add_argument("--model", required=True, help="model folder, or an MLflow runs:/ or models:/ URI")
+    scoring.add_argument("--data", required=True, help="CSV or Parquet file or folder (no Species column needed)")
+    scoring.add_argument("--out", required=True, help="new folder for the scored Parquet")
+    scoring.add_argument("--drop-invalid", action="store_true",
+                         help="leave out records that cannot be scored instead of flagging them")
+    scoring.set_defaults(func=cmd_score)
     synth = commands.add_parser("synth", help="write synthetic penguins drawn from Gaussians fitted to the real data")
     synth.add_argument("--rows", type=positive_int, required=True, help="number of penguins to write")
     synth.add_argument("--out", required=True, help="new or empty folder for the part files")
@@ -188,6 +237,7 @@ def _add_distributed_command(commands) -> None:
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="penguin CSV (default: the shipped data)")
     parser.add_argument("--drop-invalid", action="store_true", help="drop rows with invalid values instead of stopping")
     parser.add_argument("--verbose", action="store_true", help="show the workers' output (on stderr)")
+    add_tracking_arguments(parser)
     parser.set_defaults(func=cmd_distributed)
 
 
@@ -198,13 +248,15 @@ def cmd_distributed(args) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
     out = Path(args.out) if args.out else Path(f"{default_out()}-{args.engine}")
     metrics = run_distributed(args.data, out, args.engine, args.np, args.local_mode, config, args.drop_invalid,
-                              args.verbose, fail_on_rank_from_env(), started=started)
+                              args.verbose, fail_on_rank_from_env(), started=started, track=args.tracking,
+                              register=args.register)
     mode = "processes on this machine" if args.local_mode else "Spark tasks"
     print(f"{args.engine}: {metrics['world_size']} {mode}, test accuracy {metrics['test_accuracy']:.4f} "
           f"on {metrics['test_rows']} held-out penguins; {metrics['epochs']} epochs in "
           f"{metrics['train_seconds']:.2f} s, whole run {metrics['total_seconds']:.2f} s")
     print(f"weights identical on all {metrics['world_size']} ranks (sha256 {metrics['rank_checksums'][0][:16]}...)")
-    print(f"results in {out}/: metrics.json, model/, prepared/")
+    print(f"results in {out}/: metrics.json, loss.png, accuracy.png, confusion.png, model/, prepared/")
+    _print_tracking(metrics)
     return 0
 
 

@@ -8,7 +8,6 @@ training reads them back (whole when they fit in memory, streamed otherwise: `ba
 from __future__ import annotations
 
 import shutil
-import tempfile
 import weakref
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -18,7 +17,7 @@ import numpy as np
 
 from .config import FEATURES, ISLAND, LABEL, MEASUREMENTS, SCALE, SPECIES, TrainConfig
 from .errors import LabError
-from .spark import spark_path
+from .spark import shared_temporary_folder, spark_path
 from .split import spark_split
 
 VALUES = [ISLAND, *MEASUREMENTS, LABEL]
@@ -153,7 +152,6 @@ def prepare(spark, penguins, config: TrainConfig, folder: Path) -> PreparedData:
     # The split reads the unique rows three times: written once, in the order training will see them.
     unique_path = spark_path(str(folder / ".unique"))
     shuffled(encoded, config.seed).write.mode("overwrite").parquet(unique_path)
-    penguins.records.unpersist()  # kept since the read; everything needed is in the Parquet now
     split = spark_split(spark.read.parquet(unique_path), config.test_fraction, config.seed)
     train_path, test_path = write_split(split, folder)
     shutil.rmtree(folder / ".unique", ignore_errors=True)
@@ -181,7 +179,7 @@ def prepare_splits(spark, data, config: TrainConfig, where: str = "data", folder
 
     penguins = penguins_from_pandas(spark, data, where) if hasattr(data, "iloc") else data
     if folder is None:
-        folder = Path(tempfile.mkdtemp(prefix="penguin-lab-prepared-"))
+        folder = shared_temporary_folder("penguin-lab-prepared-")
         try:
             prepared = prepare(spark, penguins, config, folder)
         except BaseException:

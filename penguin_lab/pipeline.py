@@ -39,8 +39,10 @@ def data_loaders(prepared, config: TrainConfig):
     return train_loader, before_epoch, test_loader
 
 
-def train_model(prepared, config: TrainConfig, progress: bool = False):
-    """PenguinNet trained with Adam on the prepared data. Returns (model, history, seconds)."""
+def train_model(prepared, config: TrainConfig, progress: bool = False, on_epoch=None):
+    """PenguinNet trained with Adam on the prepared data. Returns (model, history, seconds).
+
+    `on_epoch(epoch, train_loss, val_loss, val_accuracy)` hears of every epoch as it ends (MLflow)."""
     import torch
 
     from .model import PenguinNet
@@ -54,13 +56,15 @@ def train_model(prepared, config: TrainConfig, progress: bool = False):
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
 
     bar = _progress_bar(config.epochs) if progress else None
-    on_epoch = None
-    if bar is not None:
-        def on_epoch(epoch, train_loss, val_loss, val_accuracy):
+
+    def epoch_ended(epoch, train_loss, val_loss, val_accuracy):
+        if bar is not None:
             bar.set_postfix(loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}", acc=f"{val_accuracy:.3f}")
             bar.update()
+        if on_epoch is not None:
+            on_epoch(epoch, train_loss, val_loss, val_accuracy)
     started = time.perf_counter()
-    history = fit(model, train_loader, test_loader, optimizer, config.epochs, device, on_epoch=on_epoch,
+    history = fit(model, train_loader, test_loader, optimizer, config.epochs, device, on_epoch=epoch_ended,
                   before_epoch=before_epoch)
     seconds = time.perf_counter() - started
     if bar is not None:
@@ -93,13 +97,11 @@ def run_metrics(prepared, history, train_seconds: float, config: TrainConfig, in
 
 
 def write_results(staging: Path, model, prepared, history, metrics: dict) -> None:
-    """metrics.json, loss.png, weights.txt, model/ and prepared/ (the Parquet training and test sets) in `staging`."""
+    """metrics.json, the plots, weights.txt, model/ and prepared/ (the Parquet training and test sets) in `staging`."""
     import shutil
 
-    from matplotlib import pyplot as plt
-
     from .artifacts import save_model
-    from .evaluate import plot_loss, weights_report
+    from .evaluate import weights_report
 
     for side, path in (("train", prepared.train_path), ("test", prepared.test_path)):
         target = staging / "prepared" / side
@@ -108,9 +110,23 @@ def write_results(staging: Path, model, prepared, history, metrics: dict) -> Non
     metrics["prepared"] = {"train": "prepared/train", "test": "prepared/test", "format": "parquet"}
     summary = {k: v for k, v in metrics.items() if k != "history"}
     save_model(model, staging / "model", prepared.island_vocabulary, prepared.feature_ranges, summary)
-    plt.close(plot_loss(history, staging / "loss.png"))
+    write_plots(staging, model, history, prepared.test_path)
     (staging / "weights.txt").write_text(weights_report(model))
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def write_plots(folder: Path, model, history, test_path: str) -> None:
+    """loss.png and accuracy.png per epoch, and confusion.png: the test set's true and predicted species."""
+    from matplotlib import pyplot as plt
+
+    from .batches import StreamingBatches
+    from .config import FEATURES, LABEL, SPECIES
+    from .evaluate import confusion_counts, plot_accuracy, plot_confusion, plot_loss
+
+    plt.close(plot_loss(history, folder / "loss.png"))
+    plt.close(plot_accuracy(history, folder / "accuracy.png"))
+    counts = confusion_counts(model, StreamingBatches(test_path, FEATURES, LABEL, 1 << 16, 0), len(SPECIES))
+    plt.close(plot_confusion(counts, SPECIES, folder / "confusion.png"))
 
 
 def write_run(out_dir: Path, model, prepared, history, metrics: dict) -> Path:
@@ -141,35 +157,53 @@ def warm_up_imports() -> None:
 
 
 def run_lab(data_path=DEFAULT_DATA, out_dir=None, config: TrainConfig = TrainConfig(),
-            progress: bool = False, drop_invalid: bool = False) -> dict:
+            progress: bool = False, drop_invalid: bool = False, track: bool | None = None,
+            register: str | None = None) -> dict:
     """The single-node lab end to end. Returns the metrics written to out_dir/metrics.json.
 
     Spark reads and checks the data, then prepares it into Parquet inside the run's staging folder;
     bad input is a LabError before any training, and nothing appears in out_dir unless all succeeds.
+    The run is also an MLflow run (tracking.py) unless `track` is False; `register` names the model.
     """
-    from .artifacts import check_output_dir, staged_dir
-    from .data import prepare
-    from .progress import spark_stages
-    from .read import read_penguins
+    from .artifacts import check_output_dir
     from .spark import LARGE_INPUT_BYTES, get_spark, input_bytes
+    from .tracking import Tracking, run_params, tracked, tracking_enabled
 
     started = time.perf_counter()
-    check_output_dir(out_dir)
-    # Start the JVM while Python loads PyTorch and matplotlib: they do not depend on each other.
+    out_dir = check_output_dir(out_dir)
+    tracking = Tracking(tracking_enabled(track), out_dir.parent)
+    # Start the JVM while Python loads PyTorch and matplotlib (and MLflow): they do not depend on each other.
     with ThreadPoolExecutor(max_workers=1) as pool:
         spark_ready = pool.submit(get_spark, large_input=input_bytes(data_path) >= LARGE_INPUT_BYTES)
         warm_up_imports()
+        tracking.start(out_dir.name, run_params(config, data_path))
         spark = spark_ready.result()
+    with tracked(tracking):
+        metrics = _run_stages(spark, data_path, out_dir, config, progress, drop_invalid, tracking, started)
+    registered = tracking.finish(out_dir, metrics, register)
+    if registered:
+        metrics["mlflow"]["registered"] = registered
+    return metrics
+
+
+def _run_stages(spark, data_path, out_dir: Path, config: TrainConfig, progress: bool, drop_invalid: bool,
+                tracking, started: float) -> dict:
+    from .artifacts import staged_dir
+    from .data import prepare
+    from .progress import spark_stages
+    from .read import read_penguins
+
     seconds = {}
     with output_errors(out_dir), staged_dir(Path(out_dir)) as staging, jobs_stopped_on_error(spark):
         with stage(seconds, "read"), spark_stages(spark, "reading", progress):
             penguins = read_penguins(spark, data_path, _scratch(staging), drop_invalid=drop_invalid)
         with stage(seconds, "prepare"), spark_stages(spark, "preparing", progress):
             prepared = prepare(spark, penguins, config, staging / "prepared")
-        model, history, train_seconds = train_model(prepared, config, progress)
+        model, history, train_seconds = train_model(prepared, config, progress, on_epoch=tracking.epoch)
         metrics = run_metrics(prepared, history, train_seconds, config, penguins.summary.invalid_rows,
                               penguins.repeated_header_rows)
         metrics["data"] = str(data_path)
+        metrics.update(tracking.reference())
         with stage(seconds, "write"):
             shutil.rmtree(staging / ".scratch", ignore_errors=True)
             write_results(staging, model, prepared, history, metrics)

@@ -112,3 +112,50 @@ class Predictor:
                 result = {"species": None, "probabilities": {}, "warnings": [f"dropped: {e}"]}
             results.append({"row": row, **result})
         return results
+
+
+def score_table(predictor: Predictor, frame):
+    """Species and probabilities for a pandas frame of penguins (Island and the measurements), in one pass.
+
+    Returns a frame of `predicted_species`, one `p_<species>` per species and `reason`: a row the model
+    cannot score (missing or impossible values, an island it does not know) gets no species and says
+    why, so a batch never fails because of one row."""
+    import pandas as pd
+    import torch
+
+    from .validate import MAX_MEASUREMENT
+
+    n = len(frame)
+    # Each distinct island spelling is looked up once: a batch has a handful, however many rows.
+    codes, spellings = pd.factorize(frame[ISLAND].astype(object), use_na_sentinel=True)
+    looked_up = [_island_or_reason(predictor, spelling) for spelling in spellings]
+    index = np.array([i if isinstance(i, int) else np.nan for i in looked_up] + [np.nan])[codes]
+    reasons = np.array([None if isinstance(i, int) else i for i in looked_up] + [f"{ISLAND}: missing"], dtype=object)
+    reason = pd.Series(reasons[codes], index=frame.index, dtype=object)
+    columns = [index]
+    for name in MEASUREMENTS:
+        values = pd.to_numeric(frame[name], errors="coerce").astype("float64").to_numpy()
+        possible = (values > 0) & (values < MAX_MEASUREMENT)
+        text = f"{name}: missing, not a number or not a possible measurement; expected {expected_measurement(name)}"
+        reason[~possible & reason.isna().to_numpy()] = text
+        columns.append(values * float(predictor.scale[name]))
+    good = reason.isna().to_numpy()
+    probabilities = np.full((n, len(predictor.species)), np.nan)
+    if good.any():
+        x = np.column_stack(columns)[good].astype(np.float32)
+        with torch.no_grad():
+            probabilities[good] = predictor.model(torch.from_numpy(x)).exp().numpy()
+    species = np.asarray(predictor.species, dtype=object)
+    predicted = np.full(n, None, dtype=object)
+    predicted[good] = species[probabilities[good].argmax(axis=1)]
+    result = {"predicted_species": predicted}
+    result.update({f"p_{name}": probabilities[:, i] for i, name in enumerate(predictor.species)})
+    result["reason"] = reason.to_numpy()
+    return pd.DataFrame(result, index=frame.index)
+
+
+def _island_or_reason(predictor: Predictor, spelling) -> int | str:
+    try:
+        return predictor.island_index(spelling)
+    except InputError as e:
+        return str(e)

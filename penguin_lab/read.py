@@ -68,39 +68,42 @@ def _data_files(folder: Path) -> list:
 
 # --- one pass over every record ----------------------------------------------------------------------
 
-def summarize(records) -> Summary:
-    """Counts, the first problem, the islands and the measurement ranges, in one Spark job.
+def summarize(records, folder: Path) -> tuple[Summary, str]:
+    """Read every record once: Spark counts them and finds the first problem (observed metrics) while it
+    writes the valid records as Parquet to a new folder inside `folder`; returns (summary, that path).
 
-    Grouped by island, so the driver receives one row per island name (at most MAX_ISLANDS + 2 are read).
-    Every aggregate is a number, which Spark aggregates in a hash table without sorting the records;
-    positions grow in file order, so the smallest is the first record."""
+    The islands (with the position of each one's first record) and the measurement ranges then come
+    from that Parquet, grouped by island: the driver receives one row per island name (at most
+    MAX_ISLANDS + 2 are read). Nothing is cached in memory, whatever the size of the input."""
+    import uuid
+
+    from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
     data = F.col("kind") == "data"
     bad = data & F.col("problem").isNotNull()
-    valid = data & F.col("problem").isNull()
-    complete = valid
+    counts = Observation()
+    observed = records.observe(
+        counts, F.sum(data.cast("long")).alias("data"), F.sum((F.col("kind") == "header").cast("long")).alias("headers"),
+        F.sum(bad.cast("long")).alias("invalid"), F.sum(F.col("odd_quotes").cast("long")).alias("odd"),
+        F.min(F.when(bad, F.col("pos"))).alias("first_bad"))
+    valid_path = spark_path(str(Path(folder) / f"valid-{uuid.uuid4().hex[:12]}"))
+    observed.filter(data & F.col("problem").isNull()).select(*PLACE, *COLUMNS).write.parquet(valid_path)
+    found = counts.get
+    summary = Summary(data_rows=found["data"] or 0, header_rows=found["headers"] or 0,
+                      invalid_rows=found["invalid"] or 0, odd_quote_lines=found["odd"] or 0)
+    complete = F.lit(True)
     for column in COLUMNS:
         complete = complete & F.col(column).isNotNull()
-    groups = (records.filter(F.col("kind") != "blank")
-              .groupBy(F.when(valid, F.col(ISLAND)).alias("island"))
-              .agg(F.sum(data.cast("long")).alias("data"), F.sum((F.col("kind") == "header").cast("long")).alias("headers"),
-                   F.sum(bad.cast("long")).alias("invalid"), F.sum(F.col("odd_quotes").cast("long")).alias("odd"),
-                   F.sum(complete.cast("long")).alias("complete"), F.min(F.when(bad, F.col("pos"))).alias("first_bad"),
-                   F.min(F.when(valid, F.col("pos"))).alias("first"),
+    groups = (records.sparkSession.read.parquet(valid_path).groupBy(ISLAND)
+              .agg(F.sum(complete.cast("long")).alias("complete"), F.min("pos").alias("first"),
                    *[F.min(F.when(complete, F.col(c))).alias(f"min_{c}") for c in MEASUREMENTS],
                    *[F.max(F.when(complete, F.col(c))).alias(f"max_{c}") for c in MEASUREMENTS]))
-    summary, ranges, first_bad = Summary(), {}, None
+    ranges = {}
     for group in groups.limit(MAX_ISLANDS + 2).collect():  # more groups than that is an error below anyway
-        summary.data_rows += group["data"]
-        summary.header_rows += group["headers"]
-        summary.invalid_rows += group["invalid"]
-        summary.odd_quote_lines += group["odd"]
         summary.complete_rows += group["complete"]
-        if group["first_bad"] is not None:
-            first_bad = group["first_bad"] if first_bad is None else min(first_bad, group["first_bad"])
-        if group["island"] is not None:
-            summary.islands.append((group["island"], group["first"]))
+        if group[ISLAND] is not None:
+            summary.islands.append((group[ISLAND], group["first"]))
             if len(summary.islands) > MAX_ISLANDS:
                 summary.islands.append(None)  # more than anyone means: stop collecting
                 break
@@ -110,11 +113,11 @@ def summarize(records) -> Summary:
                 old = ranges.get(c, [low, high])
                 ranges[c] = [min(old[0], low), max(old[1], high)]
     summary.ranges = ranges
-    if first_bad is not None:  # the one record to name: read back by its position
-        row = records.filter(F.col("pos") == first_bad).select(*PLACE, "problem.*").first()
+    if found["first_bad"] is not None:  # the one record to name: read again, found by its position
+        row = records.filter(F.col("pos") == found["first_bad"]).select(*PLACE, "problem.*").first()
         summary.first_problem = {"at": (row["file"], row["block"], row["pos"]), "kind": row["kind"],
                                  "column": row["column"], "value": row["value"]}
-    return summary
+    return summary, valid_path
 
 
 # --- the reader ----------------------------------------------------------------------------------------
@@ -124,16 +127,15 @@ class Penguins:
     """The checked records of an input, as a Spark DataFrame, and what reading them found."""
 
     where: str
-    records: object          # Spark DataFrame: PLACE, kind, odd_quotes, COLUMNS, problem
+    records: object          # Spark DataFrame: PLACE, kind, odd_quotes, COLUMNS, problem (parsed when used)
     summary: Summary
     numbering: Numbering
     files: list              # CsvFile per file index (CSV), or names (Parquet)
+    valid_path: str          # the valid records, as the read wrote them (Parquet in the scratch folder)
 
     def valid(self):
         """The data records that follow every rule: PLACE and COLUMNS (missing values are null)."""
-        from pyspark.sql import functions as F
-
-        return self.records.filter((F.col("kind") == "data") & F.col("problem").isNull()).select(*PLACE, *COLUMNS)
+        return self.records.sparkSession.read.parquet(self.valid_path)
 
     @property
     def repeated_header_rows(self) -> int:
@@ -144,15 +146,29 @@ class Penguins:
         return self.numbering.line(place)
 
     def place(self, pos: int) -> tuple:
-        """(file, block, pos) of the record at a position."""
+        """(file, block, pos) of the valid record at a position."""
         from pyspark.sql import functions as F
 
-        row = self.records.filter(F.col("pos") == pos).select(*PLACE).first()
+        row = self.valid().filter(F.col("pos") == pos).select(*PLACE).first()
         return row["file"], row["block"], row["pos"]
 
     def where_of(self, place) -> str:
         file = self.files[place[0]]
         return getattr(file, "where", file)
+
+
+def _existing(path: str) -> str:
+    if not Path(path).exists() and not _TABLE_NAME.match(path):
+        raise LabError(f"{path}: no such file; expected a CSV file")
+    return path
+
+
+def records_of(spark, path, scratch: Path, require_label: bool = True):
+    """(records, files) of an input, checked lazily: every record with its kind and problem, parsed when used
+    (for batch scoring, where a broken record is flagged rather than an error). Quoted line breaks are
+    not joined here."""
+    records, _, files = _sources(spark, _existing(str(path)), Path(scratch), require_label)
+    return records, files
 
 
 def _sources(spark, path: str, scratch: Path, require_label: bool):
@@ -194,49 +210,30 @@ def read_penguins(spark, path, scratch: Path | None = None, require_label: bool 
                   drop_invalid: bool = False) -> Penguins:
     """Read and check every record with Spark. A broken rule is a LabError naming file, row and column (or, with
     drop_invalid, the record is dropped and counted). `scratch` holds UTF-8 copies of files that need one
-    (by default a temporary folder removed when Python exits); Spark reads them lazily, so keep it meanwhile."""
+    (by default a temporary folder removed when Python exits) and the valid records as Parquet; Spark reads
+    them lazily, so keep it while the records are in use."""
     path = str(path)
     scratch = Path(scratch) if scratch is not None else _temporary_folder()
-    if not Path(path).exists() and not _TABLE_NAME.match(path):
-        raise LabError(f"{path}: no such file; expected a CSV file")
-    records, lines, files = _sources(spark, path, scratch, require_label)
+    records, lines, files = _sources(spark, _existing(path), scratch, require_label)
     numbering = Numbering(lines)
-    records = _kept(records)
-    summary = summarize(records)
+    summary, valid_path = summarize(records, scratch)
     if summary.odd_quote_lines:
-        records.unpersist()
-        records = _kept(_csv_union(merge_quoted_lines(spark, lines, numbering, files), files, require_label))
-        summary = summarize(records)
-    penguins = Penguins(path, records, summary, numbering, files)
-    try:
-        _check(penguins, drop_invalid)
-    except LabError:
-        records.unpersist()
-        raise
+        records = _csv_union(merge_quoted_lines(spark, lines, numbering, files), files, require_label)
+        summary, valid_path = summarize(records, scratch)
+    penguins = Penguins(path, records, summary, numbering, files, valid_path)
+    _check(penguins, drop_invalid)
     return penguins
-
-
-def _kept(records):
-    """Parsed once: the summary's pass keeps the records (in memory, spilling to disk) for the preparation.
-
-    Spark finds cached data by its query: the read's own token keeps a file changed since an earlier read
-    in this session from being answered with the old records."""
-    import uuid
-
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
-
-    return records.withColumn("read", F.lit(uuid.uuid4().hex)).persist(StorageLevel.MEMORY_AND_DISK)
 
 
 def _temporary_folder() -> Path:
     import atexit
     import shutil
-    import tempfile
 
-    folder = tempfile.mkdtemp(prefix="penguin-lab-read-")
+    from .spark import shared_temporary_folder
+
+    folder = shared_temporary_folder("penguin-lab-read-")
     atexit.register(shutil.rmtree, folder, True)
-    return Path(folder)
+    return folder
 
 
 def _csv_union(lines, files, require_label):
@@ -307,7 +304,8 @@ def penguins_from_pandas(spark, frame, where: str) -> Penguins:
     records = rows.select(F.lit(0).alias("file"), F.lit(0).cast("long").alias("block"), "pos",
                           F.lit("data").alias("kind"), F.lit(False).alias("odd_quotes"), *COLUMNS,
                           F.lit(None).cast(PROBLEM_TYPE).alias("problem"))
-    return Penguins(where, records, summarize(records), GivenNumbers(records), [where])
+    summary, valid_path = summarize(records, _temporary_folder())
+    return Penguins(where, records, summary, GivenNumbers(records), [where], valid_path)
 
 
 def read_penguins_csv(path, require_label: bool = True, drop_invalid: bool = False, spark=None):
@@ -324,7 +322,6 @@ def read_penguins_csv(path, require_label: bool = True, drop_invalid: bool = Fal
         penguins = read_penguins(spark, path, Path(scratch), require_label, drop_invalid)
         rows = penguins.numbering.numbered(penguins.valid(), spark).withColumnRenamed("line", "Row")
         frame = rows.select("Row", *COLUMNS).toPandas()
-        penguins.records.unpersist()
     frame = frame.sort_values("Row", kind="stable").reset_index(drop=True)
     for column in [*MEASUREMENTS, LABEL]:
         frame[column] = frame[column].astype("float64")

@@ -127,3 +127,12 @@ def spark_path(path: str) -> str:
     local = re.sub(r"([*?\[\]{}\\])", r"\\\1", str(Path(path).resolve()))
     # On Databricks a path without a scheme is on DBFS; the driver's own files (a Git folder, /tmp) are file:.
     return "file:" + local if on_databricks else local
+
+
+def shared_temporary_folder(prefix: str) -> Path:
+    """A new temporary folder that Spark's executors can reach too: under /dbfs/tmp on Databricks, where the
+    driver's /tmp is a disk of its own on a multi-node cluster; the system's temporary folder elsewhere."""
+    root = None
+    if "DATABRICKS_RUNTIME_VERSION" in os.environ and os.access("/dbfs/tmp", os.W_OK):
+        root = "/dbfs/tmp"
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=root))

@@ -9,6 +9,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data" / "penguins.csv"
+# Runs are MLflow runs by default; only the tracking tests (test_tracking.py) turn it on, with a store of
+# their own, so that other tests neither wait for MLflow nor leave mlflow.db files beside their folders.
+os.environ["PENGUIN_LAB_TRACKING"] = "off"
 
 
 @pytest.fixture(scope="session")

@@ -329,7 +329,7 @@ def test_a_species_with_one_row_cannot_be_split(tmp_path, spark, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     with pytest.raises(LabError, match="species Chinstrap has 1 complete row; a stratified split needs at least 2"):
         prepare_splits(spark, raw, TrainConfig(), where="few.csv")
-    assert list(scratch.iterdir()) == []  # the refused split's temporary Parquet is gone
+    assert list(scratch.glob("penguin-lab-prepared-*")) == []  # the refused split's temporary Parquet is gone
 
 
 def test_one_species_only_or_no_complete_row_cannot_be_split(tmp_path, spark):

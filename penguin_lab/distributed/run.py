@@ -21,26 +21,46 @@ ENGINES = ("horovod", "torch")
 
 def run_distributed(data, out, engine: str, np: int, local_mode: bool, config: TrainConfig,
                     drop_invalid: bool = False, verbose: bool = False, fail_on_rank: Optional[int] = None,
-                    started: Optional[float] = None) -> dict:
+                    started: Optional[float] = None, track: Optional[bool] = None,
+                    register: Optional[str] = None) -> dict:
     """`penguin-lab distributed`'s work: read `data`, prepare it with Spark, train, write `out`.
 
     The prepared Parquet is written inside the run's staging folder, so every rank reads it from
     there and it ends up in out/prepared/. Nothing appears in `out` unless all succeeds. `started` is
     the time.perf_counter() at which the command began (default: now), so that total_seconds counts
-    the whole command. Returns the metrics.
+    the whole command. Returns the metrics. The run is logged to MLflow once, from this driver, after the
+    ranks finish (tracking.py), unless `track` is False.
     """
-    from ..artifacts import check_output_dir, staged_dir
-    from ..data import prepare
-    from ..pipeline import output_errors, stage
-    from ..read import read_penguins
+    from ..artifacts import check_output_dir
     from ..spark import LARGE_INPUT_BYTES, get_spark, input_bytes
+    from ..tracking import Tracking, run_params, tracked, tracking_enabled
 
     started = time.perf_counter() if started is None else started
     check_engine(engine, np)
     if engine == "horovod":
         require_horovod()  # before minutes of Spark preparation
-    check_output_dir(out)
+    out = check_output_dir(out)
     spark = get_spark(large_input=input_bytes(data) >= LARGE_INPUT_BYTES)
+    tracking = Tracking(tracking_enabled(track), out.parent)
+    tracking.start(out.name, run_params(config, data, engine, np), {"local_mode": str(local_mode)})
+    with tracked(tracking):
+        metrics = _distributed_stages(spark, data, out, engine, np, local_mode, config, drop_invalid, verbose,
+                                      fail_on_rank, started, tracking)
+    tracking.history(metrics["history"])
+    registered = tracking.finish(out, metrics, register)
+    if registered:
+        metrics["mlflow"]["registered"] = registered
+    return metrics
+
+
+def _distributed_stages(spark, data, out: Path, engine: str, np: int, local_mode: bool, config: TrainConfig,
+                        drop_invalid: bool, verbose: bool, fail_on_rank, started: float, tracking) -> dict:
+    from ..artifacts import load_model, staged_dir
+    from ..data import prepare
+    from ..pipeline import output_errors, stage, write_plots
+    from ..read import read_penguins
+    from ..train import History
+
     seconds = {}
     with output_errors(out), staged_dir(Path(out)) as staging:
         scratch = staging / ".scratch"  # UTF-8 copies of inputs that need one; removed before the results appear
@@ -58,7 +78,9 @@ def run_distributed(data, out, engine: str, np: int, local_mode: bool, config: T
             shutil.rmtree(scratch, ignore_errors=True)
             metrics.update(invalid_rows=penguins.summary.invalid_rows,
                            repeated_header_rows=penguins.repeated_header_rows, data=str(data),
-                           prepared={"train": "prepared/train", "test": "prepared/test", "format": "parquet"})
+                           prepared={"train": "prepared/train", "test": "prepared/test", "format": "parquet"},
+                           **tracking.reference())
+            write_plots(staging, load_model(staging / "model")[0], History(**metrics["history"]), prepared.test_path)
             write_metrics(staging, metrics, started)
         metrics["stage_seconds"] = seconds
         write_metrics(staging, metrics, started)  # again, with the write stage's time (a few KB)
