@@ -4,8 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
+UI_PORT ?= 5000
 
-.PHONY: install run test horovod bench bench-distributed notebooks data clean
+.PHONY: install run test horovod bench bench-distributed bench-score ui notebooks data clean
 
 install: $(STAMP)
 
@@ -32,6 +33,15 @@ bench: install
 
 bench-distributed: install horovod
 	$(BIN)/python bench/bench_distributed.py $(ARGS)
+
+bench-score: install
+	$(BIN)/python bench/bench_score.py $(ARGS)
+
+# The MLflow UI on the runs' store (runs/mlflow.db, which `make run` fills).
+ui: install
+	@mkdir -p runs
+	@echo "MLflow UI for runs/mlflow.db: http://127.0.0.1:$(UI_PORT) (Ctrl-C stops it)"
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
 
 # Run the notebooks top to bottom, locally, as plain Python.
 notebooks: install

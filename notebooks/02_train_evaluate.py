@@ -31,6 +31,7 @@ from penguin_lab.model import PenguinNet
 from penguin_lab.pipeline import run_metrics, train_model, write_run
 from penguin_lab.read import read_penguins
 from penguin_lab.spark import get_spark
+from penguin_lab.tracking import Tracking, run_params
 
 params = notebook.parameters(dbutils)
 config = TrainConfig(epochs=params["epochs"], seed=params["seed"])
@@ -93,15 +94,32 @@ notebook.show_source(train.fit)
 # COMMAND ----------
 
 # MAGIC %md
+# MAGIC ## Track the run with MLflow
+# MAGIC
+# MAGIC Every run is an MLflow run: the settings as parameters, then the loss and accuracy of every epoch *while it
+# MAGIC trains*, and at the end the counts, the plots and the model. On Databricks it goes to this notebook's
+# MAGIC experiment (the flask icon on the right); locally to `mlflow.db` beside the results folder, which
+# MAGIC `make ui` shows. Set the `tracking` widget to false to train without it.
+
+# COMMAND ----------
+
+results = notebook.output_path(params)
+tracking = Tracking(params["tracking"], results.resolve().parent)
+tracking.start("notebook 2: train and evaluate", run_params(config, params["data_path"]))
+print("MLflow run", tracking.run_id, "in", tracking.uri)
+
+# COMMAND ----------
+
+# MAGIC %md
 # MAGIC ## Train the model
 # MAGIC
 # MAGIC `train_model` puts it together: seeds, loaders, `PenguinNet`, Adam with learning rate 0.001, and `fit` for
-# MAGIC the number of epochs in the `epochs` widget (100 by default).
+# MAGIC the number of epochs in the `epochs` widget (100 by default). Each epoch's figures go to MLflow as it ends.
 
 # COMMAND ----------
 
 notebook.show_source(train_model)
-model, history, train_seconds = train_model(prepared, config)
+model, history, train_seconds = train_model(prepared, config, on_epoch=tracking.epoch)
 for epoch in sorted({1, 2, *range(10, config.epochs + 1, 10), config.epochs}):
     print(f"epoch {epoch:>3}: training loss {history.train_loss[epoch - 1]:.4f}, "
           f"validation loss {history.val_loss[epoch - 1]:.4f}, accuracy {history.val_accuracy[epoch - 1]:.3f}")
@@ -136,14 +154,19 @@ print(weights_report(model))
 # MAGIC %md
 # MAGIC ## Save the run
 # MAGIC
-# MAGIC The metrics, the loss plot, the weights and the model go to the `output_dir` widget's folder, all at once:
-# MAGIC they are written to a temporary folder that is renamed into place only when everything is there.
-# MAGIC Notebook 3 loads the model from there.
+# MAGIC The metrics, the plots (loss, accuracy, and the test set's confusion matrix), the weights and the model go
+# MAGIC to the `output_dir` widget's folder, all at once: they are written to a temporary folder that is renamed
+# MAGIC into place only when everything is there. Notebook 3 loads the model from there. The same files and the
+# MAGIC model, as an MLflow model with no pickle inside, complete the MLflow run; with the `register_model` widget
+# MAGIC set (a Unity Catalog name such as `main.default.penguin_classifier`), the model is also registered.
 
 # COMMAND ----------
 
 metrics = run_metrics(prepared, history, train_seconds, config, penguins.summary.invalid_rows,
                       penguins.repeated_header_rows)
 metrics["data"] = params["data_path"]
-write_run(notebook.output_path(params), model, prepared, history, metrics)
-print(f"test accuracy {metrics['test_accuracy']:.4f}; results in {params['output_dir']}")
+metrics.update(tracking.reference())
+write_run(results, model, prepared, history, metrics)
+registered = tracking.finish(results, metrics, params["register_model"])
+print(f"test accuracy {metrics['test_accuracy']:.4f}; results in {params['output_dir']}"
+      + (f"; registered as {registered}" if registered else ""))

@@ -39,10 +39,12 @@ from penguin_lab.artifacts import load_model
 from penguin_lab.config import TrainConfig
 from penguin_lab.data import prepare
 from penguin_lab.distributed import DistributedJob, horovod_rank_main, workers_import_this_package
+from penguin_lab.pipeline import write_plots
 from penguin_lab.predict import Predictor
 from penguin_lab.read import read_penguins
 from penguin_lab.spark import get_spark
-from penguin_lab.train import evaluate, make_dataset, make_loader
+from penguin_lab.tracking import log_run, run_params
+from penguin_lab.train import History, evaluate, make_dataset, make_loader
 
 params = notebook.parameters(dbutils)
 spark = get_spark()
@@ -163,3 +165,17 @@ assert abs(test_accuracy - result["test_accuracy"]) < 1e-6
 prediction = Predictor(model_dir).predict("Biscoe", CulmenLength=50.4, CulmenDepth=15.3,
                                           FlipperLength=200, BodyMass=5000)
 print("Prediction:", prediction["species"])
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Log the run to MLflow, once, from the driver
+# MAGIC
+# MAGIC The ranks do not log: when they have finished, this driver logs the run's settings, every epoch's figures
+# MAGIC from rank 0, the counts, the plots and rank 0's model, as one MLflow run (horovod, 2 processes).
+
+# COMMAND ----------
+
+write_plots(model_dir.parent, load_model(model_dir)[0], History(**result["history"]), prepared.test_path)
+log_run("notebook 4: HorovodRunner", run_params(config, params["data_path"], "horovod", 2), result["history"],
+        {**prepared.counts, **result}, model_dir.parent, params["register_model"], params["tracking"])

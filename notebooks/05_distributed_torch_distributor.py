@@ -42,10 +42,12 @@ from penguin_lab.artifacts import load_model
 from penguin_lab.config import TrainConfig
 from penguin_lab.data import prepare
 from penguin_lab.distributed import DistributedJob, gpu_available, torch_rank_main, workers_import_this_package
+from penguin_lab.pipeline import write_plots
 from penguin_lab.predict import Predictor
 from penguin_lab.read import read_penguins
 from penguin_lab.spark import get_spark
-from penguin_lab.train import evaluate, make_dataset, make_loader
+from penguin_lab.tracking import log_run, run_params
+from penguin_lab.train import History, evaluate, make_dataset, make_loader
 
 params = notebook.parameters(dbutils)
 spark = get_spark()
@@ -166,3 +168,17 @@ for name, model_dir, result in runs:
 prediction = Predictor(local_dir).predict("Biscoe", CulmenLength=50.4, CulmenDepth=15.3,
                                           FlipperLength=200, BodyMass=5000)
 print("Prediction:", prediction["species"])
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Log the run to MLflow, once, from the driver
+# MAGIC
+# MAGIC The ranks do not log: when they have finished, this driver logs the run's settings, every epoch's figures
+# MAGIC from rank 0, the counts, the plots and rank 0's model, as one MLflow run (torch, 2 processes).
+
+# COMMAND ----------
+
+write_plots(local_dir.parent, load_model(local_dir)[0], History(**local_result["history"]), prepared.test_path)
+log_run("notebook 5: TorchDistributor", run_params(config, params["data_path"], "torch", 2), local_result["history"],
+        {**prepared.counts, **local_result}, local_dir.parent, params["register_model"], params["tracking"])

@@ -42,8 +42,10 @@ def log_penguin_model(model_dir: Path, name: str = "model"):
     from .mlflow_pyfunc import ARTIFACT
 
     package = Path(__file__).resolve().parent
+    # MLflow 3 names the model; 2.x (Databricks Runtime 15.4 LTS ML ships 2.13 to 2.19) gives it a path.
+    where = {"name": name} if int(mlflow.__version__.split(".")[0]) >= 3 else {"artifact_path": name}
     return mlflow.pyfunc.log_model(
-        name=name, python_model=str(package / "mlflow_pyfunc.py"), artifacts={ARTIFACT: str(model_dir)},
+        **where, python_model=str(package / "mlflow_pyfunc.py"), artifacts={ARTIFACT: str(model_dir)},
         code_paths=[str(package)], signature=signature(), input_example=pd.DataFrame([INPUT_EXAMPLE]),
         pip_requirements=requirements())
 

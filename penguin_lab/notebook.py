@@ -20,6 +20,11 @@ PARAMETERS = {
     "epochs": ("Epochs", "PENGUIN_LAB_EPOCHS", str(TrainConfig.epochs), str(TrainConfig.epochs)),
     "seed": ("Random seed", "PENGUIN_LAB_SEED", str(TrainConfig.seed), str(TrainConfig.seed)),
     "drop_invalid": ("Drop rows with invalid values (true/false)", "PENGUIN_LAB_DROP_INVALID", "false", "false"),
+    "tracking": ("Log the run to MLflow (true/false)", "PENGUIN_LAB_TRACKING", "true", "true"),
+    "model": ("Model to score with (empty: the model in the results folder; or runs:/..., models:/...)",
+              "PENGUIN_LAB_MODEL", "", ""),
+    "register_model": ("Register the model as (on Unity Catalog: catalog.schema.model; empty: do not)",
+                       "PENGUIN_LAB_REGISTER", "", ""),
 }
 
 
@@ -35,11 +40,17 @@ def parameters(dbutils=None) -> dict:
     values["data_path"] = file_path(values["data_path"])
     values["epochs"] = _whole_number("epochs", values["epochs"], low=1)
     values["seed"] = _whole_number("seed", values["seed"], low=0)
-    flag = values["drop_invalid"].strip().lower()
-    if flag not in ("true", "false", "yes", "no", "1", "0", ""):
-        raise LabError(f"parameter drop_invalid: {flag!r} is not true or false; expected true or false")
-    values["drop_invalid"] = flag in ("true", "yes", "1")
+    for name in ("drop_invalid", "tracking"):
+        values[name] = _flag(name, values[name])
+    values["register_model"] = values["register_model"].strip() or None
     return values
+
+
+def _flag(name: str, text: str) -> bool:
+    flag = text.strip().lower()
+    if flag not in ("true", "false", "yes", "no", "on", "off", "1", "0", ""):
+        raise LabError(f"parameter {name}: {flag!r} is not true or false; expected true or false")
+    return flag in ("true", "yes", "on", "1")
 
 
 def _whole_number(name: str, text: str, low: int) -> int:

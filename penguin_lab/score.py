@@ -12,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
+from .artifacts import METADATA_FILE, WEIGHTS_FILE
 from .config import ISLAND, LABEL, MEASUREMENTS
 from .errors import LabError
 
@@ -23,15 +24,36 @@ PHRASES = {"long_line": "the line is too long for a CSV row", "unclosed_quote": 
 _PREDICTORS = {}  # per Python worker: the model, loaded on the first batch
 
 
+def ship_model(spark, folder: Path, scratch: Path) -> str:
+    """Send a model folder's two files to every executor (addFile takes files, not folders, on a cluster);
+    returns the name they are shipped under."""
+    import shutil
+
+    name = f"penguin-model-{uuid.uuid4().hex[:12]}"
+    for file in (METADATA_FILE, WEIGHTS_FILE):
+        shutil.copyfile(folder / file, scratch / f"{name}-{file}")
+        spark.sparkContext.addFile(str(scratch / f"{name}-{file}"))
+    return name
+
+
 def _worker_predictor(name: str):
+    """The shipped model, loaded once per Python worker into a folder of its own."""
     if name not in _PREDICTORS:
+        import atexit
+        import shutil
+        import tempfile
+
         import torch
         from pyspark import SparkFiles
 
         from .predict import Predictor
 
         torch.set_num_threads(1)  # one Python worker per core already
-        _PREDICTORS[name] = Predictor(Path(SparkFiles.get(name)))
+        folder = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+        atexit.register(shutil.rmtree, folder, True)
+        for file in (METADATA_FILE, WEIGHTS_FILE):
+            shutil.copyfile(SparkFiles.get(f"{name}-{file}"), folder / file)
+        _PREDICTORS[name] = Predictor(folder)
     return _PREDICTORS[name]
 
 
@@ -93,11 +115,9 @@ def score(spark, model: str, data, out, drop_invalid: bool = False) -> dict:
     try:
         folder = local_model_folder(model, scratch / "download") if is_model_uri(model) else Path(model)
         predictor = Predictor(folder)  # on the driver first: a broken model is one line, before any task
-        name = f"penguin-model-{uuid.uuid4().hex[:12]}"
-        shutil.copytree(folder, scratch / name)
-        spark.sparkContext.addFile(str(scratch / name), recursive=True)
+        name = ship_model(spark, folder, scratch)
         records, files = records_of(spark, str(data), scratch, require_label=False)
-        columns = [ISLAND, *MEASUREMENTS] + ([LABEL] if _has_label(files) else [])
+        columns = [ISLAND, *MEASUREMENTS] + ([LABEL] if _has_label(spark, files) else [])
         rows = records.filter(F.col("kind") == "data").select(*columns, reason_column().alias("reason"))
         scored = rows.mapInPandas(scored_batches(name, predictor.species), output_schema(
             rows.drop("reason").schema, predictor.species))
@@ -119,9 +139,24 @@ def score(spark, model: str, data, out, drop_invalid: bool = False) -> dict:
         found["flagged"] if drop_invalid else 0), "out": str(out), "seconds": round(time.perf_counter() - started, 3)}
 
 
-def _has_label(files) -> bool:
+def _has_label(spark, files) -> bool:
     """Whether the input has a species column (kept in the output, beside the prediction)."""
-    return any(LABEL in getattr(f, "position", {}) for f in files)
+    from .validate import normalize_name
+
+    if files and hasattr(files[0], "position"):  # CSV files, with the columns found in their headers
+        return any(LABEL in f.position for f in files)
+    import pyarrow.parquet as pq
+
+    from .spark import spark_path
+
+    first = Path(files[0])
+    if first.is_file():
+        names = pq.read_schema(first).names
+    elif first.is_dir():  # a Delta folder
+        names = spark.read.format("delta").load(spark_path(str(first))).columns
+    else:
+        names = spark.read.table(files[0]).columns
+    return normalize_name(LABEL) in {normalize_name(name) for name in names}
 
 
 def check_score_output(out: Path) -> Path:

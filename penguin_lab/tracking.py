@@ -175,3 +175,15 @@ def tracked(tracking: Tracking):
 
 def run_params(config, data, engine: str = "single", world_size: int = 1) -> dict:
     return {**config.to_dict(), "engine": engine, "world_size": world_size, "data": str(data)}
+
+
+def log_run(run_name: str, params: dict, history: dict, metrics: dict, folder: Path, register: str | None = None,
+            enabled: bool | None = None) -> Tracking:
+    """A finished run, logged at once (a notebook's distributed training): its epochs, counts, files and model."""
+    tracking = Tracking(tracking_enabled(enabled), Path(folder).resolve().parent)
+    tracking.start(run_name, params)
+    tracking.history(history)
+    registered = tracking.finish(folder, metrics, register)
+    if tracking.run_id:
+        print(f"MLflow run {tracking.run_id} in {tracking.uri}" + (f"; registered as {registered}" if registered else ""))
+    return tracking

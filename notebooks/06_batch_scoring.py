@@ -1,0 +1,102 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # 6. Score a large table in batch
+# MAGIC
+# MAGIC A trained model earns its keep on penguins it has not seen, often millions of them in a table. Spark
+# MAGIC scores them in parallel: each Python worker loads the model once and scores its share of the records a
+# MAGIC batch at a time. A record the model cannot score (a missing or impossible value, an island it never
+# MAGIC saw) gets no species and a `reason`; one bad row never fails the job.
+# MAGIC
+# MAGIC The model comes from the `model` widget: a model folder, or an MLflow URI such as
+# MAGIC `models:/main.default.penguin_classifier/1` (notebook 2 registers one when its `register_model` widget is
+# MAGIC set). Empty, it is notebook 2's model in the results folder. This notebook uses the runtime's own MLflow.
+
+# COMMAND ----------
+
+# MAGIC %pip install -q safetensors==0.8.0 tqdm
+
+# COMMAND ----------
+
+# Make the `penguin_lab` package importable: it sits in the repository root, the notebook folder's parent.
+import os, sys
+try:  # on Databricks, dbutils knows where this notebook is
+    notebook_path = dbutils.notebook.entry_point.getDbutils().notebook().getContext().notebookPath().get()
+    repo_root = os.path.dirname(os.path.dirname("/Workspace" + notebook_path))
+except NameError:  # a local `python notebooks/...` run: this file is the notebook
+    dbutils, repo_root = None, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, repo_root)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH")) if p)
+
+from penguin_lab import notebook
+from penguin_lab.predict import score_table
+from penguin_lab.score import score, scored_batches
+from penguin_lab.spark import get_spark, spark_path
+
+params = notebook.parameters(dbutils)
+spark = get_spark()
+model = params["model"] or str(notebook.output_path(params) / "model")
+scored_path = notebook.output_path(params).with_name(notebook.output_path(params).name + "-scored")  # beside the results
+print("model:", model, "| data:", params["data_path"])
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## How a batch is scored
+# MAGIC
+# MAGIC `score_table` takes a pandas frame of penguins and returns the predicted species, one probability per
+# MAGIC species and the reason when there is no prediction. Each distinct island spelling is looked up once and the
+# MAGIC network runs on the whole batch at once. `scored_batches` is what Spark's `mapInPandas` runs on every
+# MAGIC partition: the model is loaded on the first batch a worker sees and kept for the rest.
+
+# COMMAND ----------
+
+notebook.show_source(score_table)
+notebook.show_source(scored_batches)
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Score the data
+# MAGIC
+# MAGIC The records are read and checked by the same rules as for training (notebook 1); the result is written as
+# MAGIC Parquet, whole or not at all: the input columns, `predicted_species`, `p_<species>` and `reason`.
+
+# COMMAND ----------
+
+result = score(spark, model, params["data_path"], scored_path)
+print(f"scored {result['rows']} penguins in {result['seconds']:.1f} s; {result['flagged']} could not be scored")
+scored = spark.read.parquet(spark_path(str(scored_path)))
+notebook.display(scored.orderBy("reason", "Island"))
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## How many of each species
+# MAGIC
+# MAGIC On Databricks, save the scored records as a table with `scored.write.saveAsTable("catalog.schema.name")`.
+
+# COMMAND ----------
+
+notebook.display(scored.groupBy("predicted_species").count().orderBy("predicted_species"))
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## The same with MLflow's `spark_udf`
+# MAGIC
+# MAGIC A logged or registered model (an MLflow URI in the `model` widget) is an MLflow pyfunc, so MLflow's own
+# MAGIC `spark_udf` scores with it too; MLflow ships the model to the workers.
+
+# COMMAND ----------
+
+if model.startswith(("runs:/", "models:/")):
+    import mlflow
+    from pyspark.sql import functions as F
+
+    predict = mlflow.pyfunc.spark_udf(spark, model, result_type="predicted_species string, p_Adelie double, "
+                                      "p_Gentoo double, p_Chinstrap double, reason string", env_manager="local")
+    inputs = ["Island", "CulmenLength", "CulmenDepth", "FlipperLength", "BodyMass"]
+    with_udf = scored.filter("reason IS NULL").select(*inputs).withColumn("p", predict(*[F.col(c) for c in inputs]))
+    notebook.display(with_udf.select(*inputs, "p.predicted_species"))
+else:
+    print("the model is a folder, not an MLflow URI: set the `model` widget to runs:/... or models:/... to try it")

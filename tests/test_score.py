@@ -1,0 +1,180 @@
+"""Batch scoring on Spark: `penguin-lab score`, and the logged MLflow model through mlflow.pyfunc.spark_udf."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, assert_one_line_error, run_cli
+from spark_cluster import cluster_env, standalone_master  # noqa: F401 (a fixture)
+
+os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+HEADER = "Island,CulmenLength,CulmenDepth,FlipperLength,BodyMass"
+ROWS = ["Biscoe,50.4,15.3,200,5000", "Torgersen,39.1,18.7,181,3750", "Mars,40,18,190,3800", "Dream,abc,18,190,3800",
+        "dream,46.5,17.9,192,3500", "biscoe,1,2,3", ",40,18,190,3800", "Dream,-4,18,190,3800"]
+OUTPUT = ["Island", "CulmenLength", "CulmenDepth", "FlipperLength", "BodyMass", "predicted_species", "p_Adelie",
+          "p_Gentoo", "p_Chinstrap", "reason"]
+PENGUINS = [{"Island": "Biscoe", "CulmenLength": 50.4, "CulmenDepth": 15.3, "FlipperLength": 200.0, "BodyMass": 5000.0},
+            {"Island": "Dream", "CulmenLength": 46.5, "CulmenDepth": 17.9, "FlipperLength": 192.0, "BodyMass": 3500.0},
+            {"Island": "Torgersen", "CulmenLength": 39.1, "CulmenDepth": 18.7, "FlipperLength": 181.0,
+             "BodyMass": 3750.0}]
+
+
+def messy_csv(tmp_path):
+    path = tmp_path / "new.csv"
+    path.write_text(HEADER + "\n" + "\n".join(ROWS) + "\n")
+    return path
+
+
+def scored(folder):
+    return pd.read_parquet(folder).reset_index(drop=True)
+
+
+def test_every_record_gets_a_species_or_the_reason_it_has_none(saved_model, tmp_path):
+    from penguin_lab.predict import Predictor
+
+    result = run_cli("score", "--model", str(saved_model), "--data", str(messy_csv(tmp_path)),
+                     "--out", str(tmp_path / "scored"))
+    assert result.returncode == 0, result.stderr
+    assert "scored 8 penguins" in result.stdout and "5 could not be scored" in result.stdout
+    frame = scored(tmp_path / "scored")
+    assert list(frame.columns) == OUTPUT and len(frame) == 8
+    by_island = dict(zip(frame["Island"].fillna("-"), frame["reason"]))
+    assert by_island["Mars"] == "Island: unknown island 'Mars'; expected one of Biscoe, Dream, Torgersen"
+    assert frame["reason"].tolist()[3] == "CulmenLength: 'abc' is not a number"
+    assert frame["reason"].tolist()[5] == "too few fields"
+    assert frame["reason"].tolist()[6] == "Island: missing"
+    assert frame["reason"].tolist()[7] == "CulmenLength: '-4' is not a possible measurement"
+    predictor = Predictor(saved_model)
+    for i in (0, 1, 4):  # the records that follow every rule; 'dream' is Dream in any case
+        row = frame.iloc[i]
+        expected = predictor.predict(row["Island"], **{m: row[m] for m in OUTPUT[1:5]})
+        assert row["predicted_species"] == expected["species"] and pd.isna(row["reason"])
+        assert [row[f"p_{s}"] for s in predictor.species] == pytest.approx(list(expected["probabilities"].values()))
+    assert frame.loc[frame["reason"].notna(), "predicted_species"].isna().all()
+
+
+def test_drop_invalid_leaves_out_what_cannot_be_scored(saved_model, tmp_path):
+    result = run_cli("score", "--model", str(saved_model), "--data", str(messy_csv(tmp_path)),
+                     "--out", str(tmp_path / "scored"), "--drop-invalid")
+    assert result.returncode == 0, result.stderr
+    frame = scored(tmp_path / "scored")
+    assert frame["Island"].tolist() == ["Biscoe", "Torgersen", "dream"] and frame["reason"].isna().all()
+
+
+def test_a_parquet_input_keeps_its_species_and_every_row(saved_model, tmp_path):
+    made = run_cli("synth", "--rows", "5000", "--out", str(tmp_path / "synth"), "--format", "parquet")
+    assert made.returncode == 0, made.stderr
+    result = run_cli("score", "--model", str(saved_model), "--data", str(tmp_path / "synth"),
+                     "--out", str(tmp_path / "scored"))
+    assert result.returncode == 0, result.stderr
+    frame = scored(tmp_path / "scored")
+    assert len(frame) == 5000 and frame["reason"].isna().all() and "Species" in frame.columns
+    assert set(frame["predicted_species"]) <= {"Adelie", "Gentoo", "Chinstrap"}
+
+
+def test_an_output_folder_holding_other_files_is_refused_and_kept(saved_model, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    result = run_cli("score", "--model", str(saved_model), "--data", str(messy_csv(tmp_path)), "--out", str(out))
+    assert_one_line_error(result, "notes.txt", "not scored Parquet")
+    assert (out / "notes.txt").read_text() == "keep me"
+    again = [run_cli("score", "--model", str(saved_model), "--data", str(messy_csv(tmp_path)),
+                     "--out", str(tmp_path / "scored")) for _ in range(2)]  # an earlier output is replaced
+    assert [r.returncode for r in again] == [0, 0] and len(scored(tmp_path / "scored")) == 8
+
+
+def test_a_broken_model_is_one_line_before_any_task(tmp_path, model_dir):
+    (model_dir / "model.safetensors").write_bytes(b"not weights")
+    result = run_cli("score", "--model", str(model_dir), "--data", str(messy_csv(tmp_path)),
+                     "--out", str(tmp_path / "scored"))
+    assert_one_line_error(result, "model.safetensors")
+    assert not (tmp_path / "scored").exists()
+
+
+# --- the MLflow model in Spark --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def logged_model(tmp_path_factory, saved_model):
+    """runs:/ID/model of the saved model, logged as MLflow logs it, in a SQLite store of its own."""
+    import mlflow
+
+    from penguin_lab.mlflow_models import log_penguin_model
+    from penguin_lab.tracking import quiet_mlflow
+
+    store = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    quiet_mlflow()
+    mlflow.set_tracking_uri(store)
+    with mlflow.start_run() as run:
+        log_penguin_model(saved_model)
+    return store, f"runs:/{run.info.run_id}/model"
+
+
+UDF_TYPE = "predicted_species string, p_Adelie double, p_Gentoo double, p_Chinstrap double, reason string"
+SPARK_UDF_JOB = """
+import json, sys
+import mlflow
+from pyspark.sql import functions as F
+from penguin_lab.spark import get_spark
+
+spark = get_spark()
+uri, rows, result_type = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+predict = mlflow.pyfunc.spark_udf(spark, uri, result_type=result_type, env_manager="local")
+frame = spark.createDataFrame(rows)
+inputs = ["Island", "CulmenLength", "CulmenDepth", "FlipperLength", "BodyMass"]
+out = frame.repartition(2).withColumn("p", predict(*[F.col(c) for c in inputs])).select("Island", "p.*")
+print(json.dumps([r.asDict() for r in out.orderBy("Island").collect()]))
+"""
+
+
+def spark_udf_predictions(store, uri, env, tmp_path):
+    result = subprocess.run([sys.executable, "-c", SPARK_UDF_JOB, uri, json.dumps(PENGUINS), UDF_TYPE],
+                            capture_output=True, text=True, timeout=600, cwd=REPO,
+                            env={**os.environ, **env, "MLFLOW_TRACKING_URI": store})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def pyfunc_predictions(store, uri):
+    import mlflow
+
+    mlflow.set_tracking_uri(store)
+    predicted = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame(PENGUINS))
+    rows = [{"Island": p["Island"], **{k: (None if pd.isna(v) else v) for k, v in row.items()}}
+            for p, row in zip(PENGUINS, predicted.to_dict("records"))]
+    return sorted(rows, key=lambda r: r["Island"])
+
+
+def assert_same(found, expected):
+    assert [r["Island"] for r in found] == [r["Island"] for r in expected]
+    for a, b in zip(found, expected):
+        assert a["predicted_species"] == b["predicted_species"] and a["reason"] is None
+        assert [a[k] for k in ("p_Adelie", "p_Gentoo", "p_Chinstrap")] == pytest.approx(
+            [b[k] for k in ("p_Adelie", "p_Gentoo", "p_Chinstrap")], abs=1e-6)
+
+
+def test_spark_udf_scores_with_the_logged_model_on_local_spark(logged_model, tmp_path):
+    store, uri = logged_model
+    assert_same(spark_udf_predictions(store, uri, {"PENGUIN_LAB_SPARK_MASTER": "local[2]"}, tmp_path),
+                pyfunc_predictions(store, uri))
+
+
+@pytest.mark.cluster
+def test_spark_udf_ships_the_model_to_a_standalone_cluster(logged_model, standalone_master, tmp_path):
+    store, uri = logged_model  # on spark:// MLflow ships the model with addFile instead of a driver path
+    assert_same(spark_udf_predictions(store, uri, cluster_env(standalone_master, tmp_path), tmp_path),
+                pyfunc_predictions(store, uri))
+
+
+@pytest.mark.cluster
+def test_score_on_a_standalone_cluster_gives_what_local_spark_gives(saved_model, standalone_master, tmp_path):
+    data = messy_csv(tmp_path)
+    local = run_cli("score", "--model", str(saved_model), "--data", str(data), "--out", str(tmp_path / "local"))
+    remote = run_cli("score", "--model", str(saved_model), "--data", str(data), "--out", str(tmp_path / "remote"),
+                     env=cluster_env(standalone_master, tmp_path))
+    assert local.returncode == 0 and remote.returncode == 0, remote.stderr
+    pd.testing.assert_frame_equal(scored(tmp_path / "local"), scored(tmp_path / "remote"))
