@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata as metadata
 import io
+import logging
+import os
 from pathlib import Path
 
 from .artifacts import METADATA_FILE
@@ -15,6 +17,29 @@ from .errors import LabError
 INPUT_EXAMPLE = {ISLAND: "Biscoe", "CulmenLength": 50.4, "CulmenDepth": 15.3, "FlipperLength": 200.0,
                  "BodyMass": 5000.0}
 MODEL_URI_SCHEMES = ("runs:/", "models:/", "dbfs:/", "file:/")
+STORE_FILE = "mlflow.db"
+
+
+def on_databricks() -> bool:
+    return "DATABRICKS_RUNTIME_VERSION" in os.environ
+
+
+def default_tracking_uri(runs_folder: Path) -> str:
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    if on_databricks():
+        return "databricks"
+    return f"sqlite:///{Path(runs_folder).resolve() / STORE_FILE}"
+
+
+def quiet_mlflow() -> None:
+    """The SQLite store's migrations and MLflow's notes are logged at INFO; only problems should show."""
+    for name in ("alembic", "mlflow"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # An unreachable server is a warning within seconds, not minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def signature(species: list = SPECIES):
@@ -55,8 +80,6 @@ def register_model(model_uri: str, name: str) -> str:
     tracking store's own registry. Returns the version."""
     import mlflow
 
-    from .tracking import on_databricks
-
     if on_databricks() and name.count(".") == 2:
         mlflow.set_registry_uri("databricks-uc")
     with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints "Successfully registered model ..."
@@ -72,8 +95,6 @@ def local_model_folder(uri: str, destination: Path) -> Path:
 
     Only those files are read afterwards, by penguin-lab's own loader: nothing in the download runs."""
     import mlflow
-
-    from .tracking import default_tracking_uri, quiet_mlflow
 
     quiet_mlflow()
     mlflow.set_tracking_uri(default_tracking_uri(Path("runs")))

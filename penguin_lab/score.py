@@ -98,7 +98,6 @@ def score(spark, model: str, data, out, drop_invalid: bool = False) -> dict:
     """Score `data` (CSV or Parquet, file or folder) with `model` (a folder, runs:/ or models:/ URI) into
     Parquet at `out`, written whole or not at all. Returns the counts and the time taken."""
     import shutil
-    import tempfile
 
     from pyspark.sql import Observation
     from pyspark.sql import functions as F

@@ -91,7 +91,9 @@ def get_spark(record_archive: Path | None = None, large_input: bool = False):
     conf = SparkConf().setMaster(master).setAppName("penguin-lab").setAll([
         ("spark.ui.enabled", "false"),
         ("spark.ui.showConsoleProgress", "false"),
-        ("spark.sql.shuffle.partitions", "2"),
+        # Two shuffle partitions suit the lab's data; a large input gets Spark's 200, which adaptive execution
+        # merges back to about 64 MB each: a sort of tens of millions of rows in one task runs out of heap.
+        ("spark.sql.shuffle.partitions", "200" if large_input else "2"),
         ("spark.sql.execution.arrow.pyspark.enabled", "true"),
         ("spark.driver.extraJavaOptions", java_options(record_archive, large_input)),
     ])

@@ -8,22 +8,18 @@ its results: the first MLflow error is one warning line, tracking stops, and the
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from .mlflow_models import default_tracking_uri, log_penguin_model, on_databricks, quiet_mlflow, register_model
+
 EXPERIMENT = "penguin-lab"
-STORE_FILE = "mlflow.db"
 ARTIFACT_FILES = ["loss.png", "accuracy.png", "confusion.png", "metrics.json", "weights.txt"]
 # Counts and the test accuracy, logged as the run's final metrics.
 FINAL_METRICS = ["test_accuracy", "input_rows", "incomplete_rows", "duplicate_rows", "invalid_rows",
                  "repeated_header_rows", "train_rows", "test_rows", "overlap_rows", "train_seconds", "total_seconds"]
-
-
-def on_databricks() -> bool:
-    return "DATABRICKS_RUNTIME_VERSION" in os.environ
 
 
 def tracking_enabled(track: bool | None = None) -> bool:
@@ -31,14 +27,6 @@ def tracking_enabled(track: bool | None = None) -> bool:
     if track is not None:
         return track
     return os.environ.get("PENGUIN_LAB_TRACKING", "on").strip().lower() not in ("0", "off", "false", "no")
-
-
-def default_tracking_uri(runs_folder: Path) -> str:
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    if on_databricks():
-        return "databricks"
-    return f"sqlite:///{Path(runs_folder).resolve() / STORE_FILE}"
 
 
 def library_tags() -> dict:
@@ -58,16 +46,6 @@ def library_tags() -> dict:
         if commit.returncode == 0:
             tags["mlflow.source.git.commit"] = commit.stdout.strip()
     return tags
-
-
-def quiet_mlflow() -> None:
-    """The SQLite store's migrations and MLflow's notes are logged at INFO; only problems should show."""
-    for name in ("alembic", "mlflow"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    # An unreachable server is a warning within seconds, not minutes of retries.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 class Tracking:
@@ -136,16 +114,12 @@ class Tracking:
         def finish():
             import mlflow
 
-            from .mlflow_models import log_penguin_model
-
             mlflow.log_metrics({k: float(metrics[k]) for k in FINAL_METRICS if isinstance(metrics.get(k), (int, float))})
             for name in ARTIFACT_FILES:
                 if (Path(out_dir) / name).is_file():
                     mlflow.log_artifact(str(Path(out_dir) / name))
             info = log_penguin_model(Path(out_dir) / "model")
             if register:
-                from .mlflow_models import register_model
-
                 registered = f"{register} version {register_model(info.model_uri, register)}"
                 mlflow.set_tag("registered_model", registered)
             mlflow.end_run("FINISHED")

@@ -418,7 +418,8 @@ def test_distributed_notebook_runs_top_to_bottom(name, tmp_path):
     if "horovod" in name:
         require_horovod()
     notebook = Path(__file__).resolve().parent.parent / "notebooks" / name
-    env = {**os.environ, "PENGUIN_LAB_OUT": str(tmp_path), "PENGUIN_LAB_EPOCHS": "5", "MPLBACKEND": "Agg"}
+    env = {**os.environ, "PENGUIN_LAB_OUT": str(tmp_path), "PENGUIN_LAB_EPOCHS": "5", "MPLBACKEND": "Agg",
+           "PENGUIN_LAB_TRACKING": "true"}
     done = subprocess.run([sys.executable, str(notebook)], capture_output=True, text=True, env=env, cwd=tmp_path,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -426,3 +427,10 @@ def test_distributed_notebook_runs_top_to_bottom(name, tmp_path):
     assert "Prediction:" in done.stdout
     saved = sorted(p.parent.parent.name for p in tmp_path.glob("*/model/model.safetensors"))
     assert saved == (["horovod"] if "horovod" in name else ["torch-barrier", "torch-local"])
+    import mlflow  # the driver logged the run once, after the ranks finished
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("penguin-lab").experiment_id])
+    assert run.data.params["engine"] == ("horovod" if "horovod" in name else "torch")
+    assert run.data.params["world_size"] == "2" and run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3, 4, 5]

@@ -7,12 +7,13 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from conftest import REPO, run_cli
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("0*.py"))
-SINGLE_NODE = [nb for nb in NOTEBOOKS if nb.name[:2] in ("01", "02", "03")]
+SINGLE_NODE = [nb for nb in NOTEBOOKS if nb.name[:2] in ("01", "02", "03", "06")]
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
@@ -26,7 +27,8 @@ def test_notebook_is_databricks_source_and_valid_python(notebook):
 
 
 def test_single_node_notebooks_run_and_match_the_command_line(tmp_path):
-    assert [nb.name for nb in SINGLE_NODE] == ["01_prepare_data.py", "02_train_evaluate.py", "03_save_and_predict.py"]
+    assert [nb.name for nb in SINGLE_NODE] == ["01_prepare_data.py", "02_train_evaluate.py", "03_save_and_predict.py",
+                                                "06_batch_scoring.py"]
     env = {**os.environ, "PENGUIN_LAB_OUT": str(tmp_path / "notebooks"), "PENGUIN_LAB_EPOCHS": "5",
            "PENGUIN_LAB_SEED": "3", "MPLBACKEND": "Agg"}
     outputs = {}
@@ -48,6 +50,10 @@ def test_single_node_notebooks_run_and_match_the_command_line(tmp_path):
     assert "class PenguinNet" in outputs["02_train_evaluate.py"]
     assert "def train_one_epoch" in outputs["02_train_evaluate.py"]
     assert "Prediction:" in outputs["03_save_and_predict.py"]
+    scoring = outputs["06_batch_scoring.py"]
+    assert "def score_table" in scoring and "scored 344 penguins" in scoring and "2 could not be scored" in scoring
+    assert "|predicted_species|count|" in scoring.replace(" ", "")
+    assert len(pd.read_parquet(tmp_path / "notebooks-scored")) == 344
 
     cli = run_cli("run", "--epochs", "5", "--seed", "3", "--out", str(tmp_path / "cli"))
     assert cli.returncode == 0, cli.stderr
@@ -59,6 +65,22 @@ def test_single_node_notebooks_run_and_match_the_command_line(tmp_path):
     assert comparable(tmp_path / "notebooks") == comparable(tmp_path / "cli")
     weights = "model/model.safetensors"
     assert (tmp_path / "notebooks" / weights).read_bytes() == (tmp_path / "cli" / weights).read_bytes()
+
+
+def test_notebook_2_is_an_mlflow_run_logged_as_it_trains(tmp_path):
+    import mlflow
+
+    env = {**os.environ, "PENGUIN_LAB_OUT": str(tmp_path / "runs" / "nb"), "PENGUIN_LAB_EPOCHS": "3",
+           "PENGUIN_LAB_TRACKING": "true", "PENGUIN_LAB_REGISTER": "notebook_penguins", "MPLBACKEND": "Agg"}
+    result = subprocess.run([sys.executable, str(REPO / "notebooks" / "02_train_evaluate.py")], capture_output=True,
+                            text=True, env=env, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "registered as notebook_penguins version 1" in result.stdout
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("penguin-lab").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["epochs"] == "3"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2, 3]
+    assert json.loads((tmp_path / "runs" / "nb" / "metrics.json").read_text())["mlflow"]["run_id"] == run.info.run_id
 
 
 def test_notebook_parameters_are_checked(monkeypatch):

@@ -104,12 +104,14 @@ def logged_model(tmp_path_factory, saved_model):
     import mlflow
 
     from penguin_lab.mlflow_models import log_penguin_model
-    from penguin_lab.tracking import quiet_mlflow
+    from penguin_lab.mlflow_models import quiet_mlflow
 
-    store = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    folder = tmp_path_factory.mktemp("store")
+    store = f"sqlite:///{folder / 'mlflow.db'}"
     quiet_mlflow()
     mlflow.set_tracking_uri(store)
-    with mlflow.start_run() as run:
+    experiment = mlflow.MlflowClient(store).create_experiment("scoring", (folder / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment) as run:
         log_penguin_model(saved_model)
     return store, f"runs:/{run.info.run_id}/model"
 
