@@ -97,10 +97,13 @@ class Tracking:
         return {"mlflow": {"run_id": self.run_id, "tracking_uri": self.uri}} if self.enabled and self.run_id else {}
 
     def epoch(self, epoch: int, train_loss: float, val_loss: float, val_accuracy: float) -> None:
-        import mlflow
+        def log():
+            import mlflow
 
-        self._safely("logging an epoch", lambda: mlflow.log_metrics(
-            {"train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_accuracy}, step=epoch))
+            # Queued and written by MLflow's own thread: training does not wait for the store.
+            mlflow.log_metrics({"train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_accuracy},
+                               step=epoch, synchronous=False)
+        self._safely("logging an epoch", log)
 
     def history(self, history: dict) -> None:
         """Every epoch at once (distributed runs log from the driver after the ranks finish)."""
