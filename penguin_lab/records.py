@@ -20,6 +20,8 @@ PLACE = ["file", "block", "pos"]
 # Spark numbers records within each file's scan; the file's index above those bits makes `pos` unique and in
 # file order across files (a file would need 2**15 blocks, 4 TB, to reach them).
 FILE_BITS = 48
+# Parquet and table columns of these types hold numbers already: checked as numbers, not as text.
+NUMBER_TYPES = {"double", "float", "int", "bigint", "smallint", "tinyint"}
 # Quoted line breaks are rare; more than this many lines inside quotes is not a penguin file.
 MAX_QUOTED_LINES = 1_000_000
 
@@ -110,10 +112,13 @@ def table_records(frame, where: str, require_label: bool):
 
     names = [c for c in frame.columns if c not in PLACE]
     position = find_columns(names, require_label, where, 1, ",")
-    texts = [stripped(F.col(f"`{names[i]}`").cast("string")).alias(f"t_{c}") for c, i in position.items()]
-    cells = frame.select(*PLACE, F.lit("data").alias("kind"), F.lit(False).alias("odd_quotes"), *texts,
+    types = dict(frame.dtypes)
+    typed = {c for c, i in position.items() if c in MEASUREMENTS and types[names[i]] in NUMBER_TYPES}
+    cells = [F.col(f"`{names[i]}`").cast("double").alias(f"n_{c}") if c in typed else
+             stripped(F.col(f"`{names[i]}`").cast("string")).alias(f"t_{c}") for c, i in position.items()]
+    cells = frame.select(*PLACE, F.lit("data").alias("kind"), F.lit(False).alias("odd_quotes"), *cells,
                          F.lit(None).cast(PROBLEM_TYPE).alias("shape"))
-    return checked(cells, [*PLACE, "kind", "odd_quotes"], False, require_label)
+    return checked(cells, [*PLACE, "kind", "odd_quotes"], False, require_label, typed=typed)
 
 
 # --- line numbers, worked out when needed --------------------------------------------------------------

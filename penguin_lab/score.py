@@ -7,6 +7,7 @@ rules (read.py); a broken record is flagged in `reason` (or dropped) and never f
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
@@ -85,11 +86,14 @@ def scored_batches(name: str, species: list):
         predictor = _worker_predictor(name)
         for batch in batches:
             checked = batch["reason"].isna()
-            result = pd.DataFrame({"predicted_species": pd.Series([None] * len(batch), dtype=object),
-                                   **{f"p_{s}": float("nan") for s in species}}, index=batch.index)
-            result["reason"] = batch["reason"]
-            if checked.any():
-                result.loc[checked] = score_table(predictor, batch.loc[checked])
+            if checked.all():  # the usual batch: every record follows the rules
+                result = score_table(predictor, batch)
+            else:
+                result = pd.DataFrame({"predicted_species": pd.Series(None, index=batch.index, dtype=object),
+                                       **{f"p_{s}": float("nan") for s in species}}, index=batch.index)
+                result["reason"] = batch["reason"]
+                if checked.any():
+                    result.loc[checked] = score_table(predictor, batch.loc[checked])
             yield pd.concat([batch.drop(columns=["reason"]), result], axis=1)
     return score
 
@@ -126,7 +130,8 @@ def score(spark, model: str, data, out, drop_invalid: bool = False) -> dict:
             scored = scored.filter(F.col("reason").isNull())
         staging = new_staging_folder(out, "scored Parquet")
         try:
-            scored.write.mode("overwrite").parquet(spark_path(str(staging)))
+            with arrow_batches(spark, 1 << 16):  # fewer, larger pandas batches: the model runs on whole arrays
+                scored.write.mode("overwrite").parquet(spark_path(str(staging)))
             found = counts.get
             replace_dir(staging, out)
         except BaseException:
@@ -136,6 +141,18 @@ def score(spark, model: str, data, out, drop_invalid: bool = False) -> dict:
         shutil.rmtree(scratch, ignore_errors=True)
     return {"rows": found["rows"], "flagged": found["flagged"], "written": found["rows"] - (
         found["flagged"] if drop_invalid else 0), "out": str(out), "seconds": round(time.perf_counter() - started, 3)}
+
+
+@contextlib.contextmanager
+def arrow_batches(spark, rows: int):
+    """Spark's Arrow batches of `rows` records for the block (the session's setting is restored after)."""
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    before = spark.conf.get(key)
+    spark.conf.set(key, str(rows))
+    try:
+        yield
+    finally:
+        spark.conf.set(key, before)
 
 
 def _has_label(spark, files) -> bool:

@@ -159,27 +159,36 @@ def problem(kind: str, column=None, value=None):
                     (value if value is not None else F.lit(None)).cast("string").alias("value"))
 
 
-def checked(frame, keep: list, decimal_comma: bool, require_label: bool, shape="shape"):
+def checked(frame, keep: list, decimal_comma: bool, require_label: bool, shape="shape", typed: dict | None = None):
     """`frame` (with the stripped text of each column in `t_<column>`, and a `shape` problem or null) as
     `keep`, the parsed columns and `problem`: the first rule a record breaks, in the order of its columns.
 
-    Each value is parsed once, in its own step: Spark computes a named column once, where one large
-    expression would repeat every parse in every check."""
+    `typed` names measurements that are numbers already (a Parquet double column `n_<column>` in `frame`,
+    instead of text): the same rules, without turning each number into text and back. NaN is missing, as
+    the text 'nan' is. Each value is parsed once, in its own step: Spark computes a named column once,
+    where one large expression would repeat every parse in every check."""
     from pyspark.sql import functions as F
 
+    typed = typed or {}
     label = f"t_{LABEL}"
-    numbers = [as_number(F.col(f"t_{c}"), decimal_comma).alias(f"n_{c}") for c in MEASUREMENTS]
+    numbers = [F.col(f"n_{c}") if c in typed else as_number(F.col(f"t_{c}"), decimal_comma).alias(f"n_{c}")
+               for c in MEASUREMENTS]
     species = as_species(F.col(label)) if require_label or label in frame.columns else F.lit(None)
-    texts = [f"t_{c}" for c in [ISLAND, *MEASUREMENTS]] + ([label] if label in frame.columns else [])
+    texts = [f"t_{c}" for c in [ISLAND, *MEASUREMENTS] if c not in typed] + ([label] if label in frame.columns else [])
     parsed = frame.select(*keep, shape, *texts, *numbers, species.cast("int").alias("n_species"))
     problems = [F.col(shape)]  # the first non-null of these is the record's problem
+    present = {}
     for c in MEASUREMENTS:
-        text, number = F.col(f"t_{c}"), F.col(f"n_{c}")
-        present = ~is_missing(text)
-        problems.append(F.when(present & number.isNull(), problem("not_a_number", c, text))
-                        .when(present & ~is_possible(number), problem("impossible", c, text)))
+        number = F.col(f"n_{c}")
+        if c in typed:  # the text is made only for the message of a broken rule
+            text, present[c] = number.cast("string"), number.isNotNull() & ~F.isnan(number)
+        else:
+            text = F.col(f"t_{c}")
+            present[c] = ~is_missing(text)
+        problems.append(F.when(present[c] & number.isNull(), problem("not_a_number", c, text))
+                        .when(present[c] & ~is_possible(number), problem("impossible", c, text)))
     columns = [F.when(~is_missing(F.col(f"t_{ISLAND}")), F.col(f"t_{ISLAND}")).alias(ISLAND)]
-    columns += [F.when(~is_missing(F.col(f"t_{c}")), F.col(f"n_{c}")).alias(c) for c in MEASUREMENTS]
+    columns += [F.when(present[c], F.col(f"n_{c}")).alias(c) for c in MEASUREMENTS]
     if label in frame.columns:
         present = ~is_missing(F.col(label))
         problems.append(F.when(present & F.col("n_species").isNull(), problem("not_a_species", LABEL, F.col(label))))

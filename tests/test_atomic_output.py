@@ -18,7 +18,7 @@ from penguin_lab import evaluate, pipeline
 from penguin_lab.artifacts import load_model, staged_dir, staging_prefix
 from penguin_lab.cli import main
 
-COMPLETE = ["loss.png", "metrics.json", "model", "prepared", "weights.txt"]
+COMPLETE = ["accuracy.png", "confusion.png", "loss.png", "metrics.json", "model", "prepared", "weights.txt"]
 
 
 def run(out, *extra):

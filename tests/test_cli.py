@@ -10,7 +10,8 @@ REQUIRED_METRICS = {"test_accuracy", "train_rows", "test_rows", "overlap_rows", 
 
 def test_run_writes_metrics_plot_weights_and_model(lab_run):
     out, result = lab_run
-    assert sorted(p.name for p in out.iterdir()) == ["loss.png", "metrics.json", "model", "prepared", "weights.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["accuracy.png", "confusion.png", "loss.png", "metrics.json", "model",
+                                                        "prepared", "weights.txt"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert REQUIRED_METRICS <= set(metrics)
     assert set(metrics["history"]) == {"epoch", "train_loss", "val_loss", "val_accuracy"}

@@ -380,7 +380,8 @@ def test_cli_writes_metrics_and_a_model_that_predict_loads(tmp_path):
     assert metrics["engine"] == engine and metrics["world_size"] == 2 and metrics["epochs"] == 40
     assert metrics["train_seconds"] > 0 and 0 <= metrics["test_accuracy"] <= 1
     # The ranks read the Parquet prepared in the results folder; the read's scratch folder is gone.
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model", "prepared"]
+    assert sorted(p.name for p in out.iterdir()) == ["accuracy.png", "confusion.png", "loss.png", "metrics.json",
+                                                        "model", "prepared"]
     assert metrics["prepared"] == {"train": "prepared/train", "test": "prepared/test", "format": "parquet"}
     assert parquet_rows_and_bytes(out / "prepared" / "train")[0] == metrics["train_rows"]
     assert parquet_rows_and_bytes(out / "prepared" / "test")[0] == metrics["test_rows"]

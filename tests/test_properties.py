@@ -185,7 +185,8 @@ def test_run_ends_with_complete_results_or_one_line_and_nothing_written(data, dr
         if code == 0:
             assert errors == []
             assert sorted(p.name for p in out.parent.iterdir()) == ["run"]
-            assert sorted(p.name for p in out.iterdir()) == ["loss.png", "metrics.json", "model", "prepared", "weights.txt"]
+            assert sorted(p.name for p in out.iterdir()) == ["accuracy.png", "confusion.png", "loss.png",
+                                                            "metrics.json", "model", "prepared", "weights.txt"]
             metrics = json.loads((out / "metrics.json").read_text())
             assert metrics["train_rows"] + metrics["test_rows"] + metrics["incomplete_rows"] \
                 + metrics["duplicate_rows"] == metrics["input_rows"]
