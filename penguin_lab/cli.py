@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
 import signal
 import sys
@@ -336,6 +337,10 @@ def _sigterm_as_interrupt():
 
 
 def main(argv=None) -> int:
+    # Py4J reports Ctrl-C during a JVM call with logging.exception on the root logger, which without a
+    # handler configures one and prints a traceback; the interrupt itself is reported in one line below.
+    if not logging.getLogger().handlers:
+        logging.getLogger().addHandler(logging.NullHandler())
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -42,6 +42,19 @@ def quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+def use_tracking_uri(uri: str) -> None:
+    """MLflow's store for this process. mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which would
+    then decide where every later run of this process (and its children) goes: the variable is put back."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def signature(species: list = SPECIES):
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
@@ -97,7 +110,7 @@ def local_model_folder(uri: str, destination: Path) -> Path:
     import mlflow
 
     quiet_mlflow()
-    mlflow.set_tracking_uri(default_tracking_uri(Path("runs")))
+    use_tracking_uri(default_tracking_uri(Path("runs")))
     try:
         downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination)))
     except Exception as e:  # MLflow raises many types for a missing run, model or store

@@ -13,7 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .mlflow_models import default_tracking_uri, log_penguin_model, on_databricks, quiet_mlflow, register_model
+from .mlflow_models import (default_tracking_uri, log_penguin_model, on_databricks, quiet_mlflow, register_model,
+                            use_tracking_uri)
 
 EXPERIMENT = "penguin-lab"
 ARTIFACT_FILES = ["loss.png", "accuracy.png", "confusion.png", "metrics.json", "weights.txt"]
@@ -77,7 +78,7 @@ class Tracking:
             import mlflow
 
             quiet_mlflow()
-            mlflow.set_tracking_uri(self.uri)
+            use_tracking_uri(self.uri)
             experiment_id = None
             if self.uri.startswith("sqlite:"):  # artifacts beside the store, not in the current folder
                 client = mlflow.MlflowClient(self.uri)

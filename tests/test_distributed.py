@@ -420,7 +420,7 @@ def test_distributed_notebook_runs_top_to_bottom(name, tmp_path):
         require_horovod()
     notebook = Path(__file__).resolve().parent.parent / "notebooks" / name
     env = {**os.environ, "PENGUIN_LAB_OUT": str(tmp_path), "PENGUIN_LAB_EPOCHS": "5", "MPLBACKEND": "Agg",
-           "PENGUIN_LAB_TRACKING": "true"}
+           "PENGUIN_LAB_TRACKING": "true", "MLFLOW_TRACKING_URI": ""}
     done = subprocess.run([sys.executable, str(notebook)], capture_output=True, text=True, env=env, cwd=tmp_path,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -71,7 +71,8 @@ def test_notebook_2_is_an_mlflow_run_logged_as_it_trains(tmp_path):
     import mlflow
 
     env = {**os.environ, "PENGUIN_LAB_OUT": str(tmp_path / "runs" / "nb"), "PENGUIN_LAB_EPOCHS": "3",
-           "PENGUIN_LAB_TRACKING": "true", "PENGUIN_LAB_REGISTER": "notebook_penguins", "MPLBACKEND": "Agg"}
+           "PENGUIN_LAB_TRACKING": "true", "PENGUIN_LAB_REGISTER": "notebook_penguins", "MPLBACKEND": "Agg",
+           "MLFLOW_TRACKING_URI": ""}
     result = subprocess.run([sys.executable, str(REPO / "notebooks" / "02_train_evaluate.py")], capture_output=True,
                             text=True, env=env, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -103,13 +103,12 @@ def logged_model(tmp_path_factory, saved_model):
     """runs:/ID/model of the saved model, logged as MLflow logs it, in a SQLite store of its own."""
     import mlflow
 
-    from penguin_lab.mlflow_models import log_penguin_model
-    from penguin_lab.mlflow_models import quiet_mlflow
+    from penguin_lab.mlflow_models import log_penguin_model, quiet_mlflow, use_tracking_uri
 
     folder = tmp_path_factory.mktemp("store")
     store = f"sqlite:///{folder / 'mlflow.db'}"
     quiet_mlflow()
-    mlflow.set_tracking_uri(store)
+    use_tracking_uri(store)
     experiment = mlflow.MlflowClient(store).create_experiment("scoring", (folder / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:
         log_penguin_model(saved_model)
@@ -144,7 +143,9 @@ def spark_udf_predictions(store, uri, env, tmp_path):
 def pyfunc_predictions(store, uri):
     import mlflow
 
-    mlflow.set_tracking_uri(store)
+    from penguin_lab.mlflow_models import use_tracking_uri
+
+    use_tracking_uri(store)
     predicted = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame(PENGUINS))
     rows = [{"Island": p["Island"], **{k: (None if pd.isna(v) else v) for k, v in row.items()}}
             for p, row in zip(PENGUINS, predicted.to_dict("records"))]

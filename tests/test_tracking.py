@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from conftest import DATA, REPO, run_cli
+from penguin_lab.mlflow_models import use_tracking_uri
 
-TRACKED = {"PENGUIN_LAB_TRACKING": "on"}
+# A store chosen by an earlier test of this process must not leak into these runs: each names its own.
+TRACKED = {"PENGUIN_LAB_TRACKING": "on", "MLFLOW_TRACKING_URI": ""}
 os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
 LAB_PENGUIN = {"Island": "Biscoe", "CulmenLength": 50.4, "CulmenDepth": 15.3, "FlipperLength": 200.0,
                "BodyMass": 5000.0}
@@ -87,7 +89,7 @@ def test_plots_files_and_the_model_are_artifacts_without_pickle(tracked_run, tmp
     assert {"loss.png", "accuracy.png", "confusion.png", "metrics.json", "weights.txt"} <= names
     for plot in ("accuracy.png", "confusion.png"):
         assert (runs / "first" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    mlflow.set_tracking_uri(store_uri(runs))
+    use_tracking_uri(store_uri(runs))
     model = Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model", dst_path=str(tmp_path)))
     files = [p for p in model.rglob("*") if p.is_file()]
     assert files and not [p for p in files if p.suffix in (".pkl", ".pickle", ".pt", ".pth", ".joblib")]
@@ -105,7 +107,7 @@ def test_the_logged_model_predicts_a_gentoo_with_a_typed_signature(tracked_run):
 
     runs, _ = tracked_run
     run = only_run(runs)
-    mlflow.set_tracking_uri(store_uri(runs))
+    use_tracking_uri(store_uri(runs))
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     inputs = {c.name: str(c.type) for c in model.metadata.get_input_schema().inputs}
     assert inputs == {"Island": "DataType.string", **{m: "DataType.double" for m in list(LAB_PENGUIN)[1:]}}
