@@ -25,7 +25,6 @@ try:  # on Databricks, dbutils knows where this notebook is
 except NameError:  # a local `python notebooks/...` run: this file is the notebook
     dbutils, repo_root = None, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, repo_root)
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH")) if p)
 
 from penguin_lab import notebook
 from penguin_lab.predict import score_table

@@ -149,7 +149,8 @@ def prepare(spark, penguins, config: TrainConfig, folder: Path) -> PreparedData:
     encoded = encode(unique_complete(penguins.valid()), vocabulary)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    # The split reads the unique rows three times: written once, in the order training will see them.
+    # The split's two small jobs and the writes of both sides read the unique rows: written once, in the
+    # order training will see them.
     unique_path = spark_path(str(folder / ".unique"))
     shuffled(encoded, config.seed).write.mode("overwrite").parquet(unique_path)
     split = spark_split(spark.read.parquet(unique_path), config.test_fraction, config.seed)

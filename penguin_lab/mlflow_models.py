@@ -12,16 +12,13 @@ from pathlib import Path
 from .artifacts import METADATA_FILE
 from .config import ISLAND, MEASUREMENTS, SPECIES
 from .errors import LabError
+from .spark import on_databricks
 
 # The lab's own example penguin (a Gentoo).
 INPUT_EXAMPLE = {ISLAND: "Biscoe", "CulmenLength": 50.4, "CulmenDepth": 15.3, "FlipperLength": 200.0,
                  "BodyMass": 5000.0}
 MODEL_URI_SCHEMES = ("runs:/", "models:/", "dbfs:/", "file:/")
 STORE_FILE = "mlflow.db"
-
-
-def on_databricks() -> bool:
-    return "DATABRICKS_RUNTIME_VERSION" in os.environ
 
 
 def default_tracking_uri(runs_folder: Path) -> str:

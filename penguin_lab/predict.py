@@ -123,8 +123,6 @@ def score_table(predictor: Predictor, frame):
     import pandas as pd
     import torch
 
-    from .validate import MAX_MEASUREMENT
-
     n = len(frame)
     # Each distinct island spelling is looked up once: a batch has a handful, however many rows.
     codes, spellings = pd.factorize(frame[ISLAND].astype(object), use_na_sentinel=True)
@@ -135,7 +133,7 @@ def score_table(predictor: Predictor, frame):
     columns = [index]
     for name in MEASUREMENTS:
         values = pd.to_numeric(frame[name], errors="coerce").astype("float64").to_numpy()
-        possible = (values > 0) & (values < MAX_MEASUREMENT)
+        possible = check_measurement(values)
         text = f"{name}: missing, not a number or not a possible measurement; expected {expected_measurement(name)}"
         reason[~possible & reason.isna().to_numpy()] = text
         columns.append(values * float(predictor.scale[name]))

@@ -107,6 +107,7 @@ def score(spark, model: str, data, out, drop_invalid: bool = False) -> dict:
     from pyspark.sql import functions as F
 
     from .artifacts import new_staging_folder, replace_dir
+    from .distributed.workers import workers_import_this_package
     from .mlflow_models import is_model_uri, local_model_folder
     from .predict import Predictor
     from .read import records_of
@@ -130,7 +131,8 @@ def score(spark, model: str, data, out, drop_invalid: bool = False) -> dict:
             scored = scored.filter(F.col("reason").isNull())
         staging = new_staging_folder(out, "scored Parquet")
         try:
-            with arrow_batches(spark, 1 << 16):  # fewer, larger pandas batches: the model runs on whole arrays
+            # Fewer, larger pandas batches (the model runs on whole arrays), in workers that import this package.
+            with arrow_batches(spark, 1 << 16), workers_import_this_package(spark):
                 scored.write.mode("overwrite").parquet(spark_path(str(staging)))
             found = counts.get
             replace_dir(staging, out)
@@ -157,12 +159,11 @@ def arrow_batches(spark, rows: int):
 
 def _has_label(spark, files) -> bool:
     """Whether the input has a species column (kept in the output, beside the prediction)."""
-    from .validate import normalize_name
-
     if files and hasattr(files[0], "position"):  # CSV files, with the columns found in their headers
         return any(LABEL in f.position for f in files)
     import pyarrow.parquet as pq
 
+    from .sniff import find_columns
     from .spark import spark_path
 
     first = Path(files[0])
@@ -172,7 +173,7 @@ def _has_label(spark, files) -> bool:
         names = spark.read.format("delta").load(spark_path(str(first))).columns
     else:
         names = spark.read.table(files[0]).columns
-    return normalize_name(LABEL) in {normalize_name(name) for name in names}
+    return LABEL in find_columns(names, False, str(first), 1, ",")
 
 
 def check_score_output(out: Path) -> Path:

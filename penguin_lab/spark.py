@@ -117,24 +117,26 @@ def get_spark(record_archive: Path | None = None, large_input: bool = False):
     return spark
 
 
+def on_databricks() -> bool:
+    return "DATABRICKS_RUNTIME_VERSION" in os.environ
+
+
 def spark_path(path: str) -> str:
     """A local path as Spark reads it: /dbfs/x is dbfs:/x on Databricks; glob characters are escaped."""
-    import os
-
-    on_databricks = "DATABRICKS_RUNTIME_VERSION" in os.environ
-    if on_databricks and path.startswith("/dbfs/"):
+    databricks = on_databricks()
+    if databricks and path.startswith("/dbfs/"):
         return "dbfs:/" + path[len("/dbfs/"):]
     if re.match(r"^[a-z][a-z0-9+.-]*:", path) or path.startswith("/Volumes/"):
         return path
     local = re.sub(r"([*?\[\]{}\\])", r"\\\1", str(Path(path).resolve()))
     # On Databricks a path without a scheme is on DBFS; the driver's own files (a Git folder, /tmp) are file:.
-    return "file:" + local if on_databricks else local
+    return "file:" + local if databricks else local
 
 
 def shared_temporary_folder(prefix: str) -> Path:
     """A new temporary folder that Spark's executors can reach too: under /dbfs/tmp on Databricks, where the
     driver's /tmp is a disk of its own on a multi-node cluster; the system's temporary folder elsewhere."""
     root = None
-    if "DATABRICKS_RUNTIME_VERSION" in os.environ and os.access("/dbfs/tmp", os.W_OK):
+    if on_databricks() and os.access("/dbfs/tmp", os.W_OK):
         root = "/dbfs/tmp"
     return Path(tempfile.mkdtemp(prefix=prefix, dir=root))

@@ -13,8 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .mlflow_models import (default_tracking_uri, log_penguin_model, on_databricks, quiet_mlflow, register_model,
-                            use_tracking_uri)
+from .mlflow_models import default_tracking_uri, log_penguin_model, quiet_mlflow, register_model, use_tracking_uri
+from .spark import on_databricks
 
 EXPERIMENT = "penguin-lab"
 ARTIFACT_FILES = ["loss.png", "accuracy.png", "confusion.png", "metrics.json", "weights.txt"]

@@ -55,8 +55,9 @@ def parse_number(value: str, decimal_comma: bool = False) -> float:
     return float(value)
 
 
-def check_measurement(number: float) -> bool:
-    return 0 < number < MAX_MEASUREMENT  # false for NaN too
+def check_measurement(number):
+    """Whether a number (or each of a numpy array) is a possible measurement; false for NaN too."""
+    return (number > 0) & (number < MAX_MEASUREMENT)
 
 
 # --- the rules, as Spark expressions ------------------------------------------------------------------
