@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 UI_PORT ?= 5000
 
-.PHONY: install run test horovod bench bench-distributed bench-score ui notebooks data clean
+.PHONY: install run test test-runtimes horovod bench bench-distributed bench-score bench-seeds ui notebooks data clean
 
 install: $(STAMP)
 
@@ -28,6 +28,11 @@ horovod: install
 test: install horovod
 	$(BIN)/python -m pytest $(ARGS)
 
+# The notebooks, as a Databricks driver runs them, on the libraries of each supported Databricks runtime
+# (databricks/runtimes/*.txt); one venv per runtime, cached outside the clone. RUNTIMES="17.3-lts-ml" picks some.
+test-runtimes:
+	scripts/test_runtimes.sh $(RUNTIMES)
+
 bench: install
 	$(BIN)/python bench/bench_lab.py --repeat 2 $(ARGS)
 
@@ -36,6 +41,10 @@ bench-distributed: install horovod
 
 bench-score: install
 	$(BIN)/python bench/bench_score.py $(ARGS)
+
+# PenguinNet over 20 seeds against scikit-learn baselines on the same splits (README: Learning on every seed).
+bench-seeds: install
+	$(BIN)/python bench/bench_seeds.py $(ARGS)
 
 # The MLflow UI on the runs' store (runs/mlflow.db, which `make run` fills).
 ui: install

@@ -10,7 +10,8 @@
 # MAGIC - remove incomplete and repeated rows,
 # MAGIC - encode the island name as a number,
 # MAGIC - cast the measurements to floats and scale them to a similar size,
-# MAGIC - split the rows into a training set and a test set.
+# MAGIC - split the rows into a training set and a test set,
+# MAGIC - standardize the inputs with the training rows' mean and standard deviation (notebook 2 says why).
 # MAGIC
 # MAGIC > **Citation**: the data were collected and made available by Dr. Kristen Gorman and the Palmer Station,
 # MAGIC > Antarctica LTER, a member of the Long Term Ecological Research Network (see `data/README.md`).
@@ -20,18 +21,13 @@
 
 # COMMAND ----------
 
-# MAGIC %pip install -q safetensors==0.8.0 tqdm
-
-# COMMAND ----------
-
-# Make the `penguin_lab` package importable: it sits in the repository root, the notebook folder's parent.
+# Make the `penguin_lab` package importable: it sits in the repository root, the parent of this notebook's
+# folder (on Databricks the working directory; in a local `python notebooks/...` run, __file__'s folder).
 import os, sys
-try:  # on Databricks, dbutils knows where this notebook is
-    notebook_path = dbutils.notebook.entry_point.getDbutils().notebook().getContext().notebookPath().get()
-    repo_root = os.path.dirname(os.path.dirname("/Workspace" + notebook_path))
-except NameError:  # a local `python notebooks/...` run: this file is the notebook
-    dbutils, repo_root = None, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+notebook_folder = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else os.getcwd()
+repo_root = os.path.dirname(notebook_folder)
 sys.path.insert(0, repo_root)
+dbutils = globals().get("dbutils")  # Databricks gives a notebook its dbutils; a local run has none
 
 from penguin_lab import notebook
 from penguin_lab.config import TrainConfig
@@ -132,7 +128,8 @@ assert prepared.counts["overlap_rows"] == 0, "test rows leaked into training"
 # COMMAND ----------
 
 # MAGIC %md
-# MAGIC The training set, as PyTorch will read it: the island index and the scaled measurements.
+# MAGIC The training set, as PyTorch will read it: the island index and the scaled measurements, each standardized
+# MAGIC with the mean and standard deviation of the training rows (the test rows never enter them).
 
 # COMMAND ----------
 

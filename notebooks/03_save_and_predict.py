@@ -12,18 +12,15 @@
 
 # COMMAND ----------
 
-# MAGIC %pip install -q safetensors==0.8.0 tqdm
-
-# COMMAND ----------
-
-# Make the `penguin_lab` package importable: it sits in the repository root, the notebook folder's parent.
+# Make the `penguin_lab` package importable: it sits in the repository root, the parent of this notebook's
+# folder (on Databricks the working directory; in a local `python notebooks/...` run, __file__'s folder).
 import os, sys
-try:  # on Databricks, dbutils knows where this notebook is
-    notebook_path = dbutils.notebook.entry_point.getDbutils().notebook().getContext().notebookPath().get()
-    repo_root = os.path.dirname(os.path.dirname("/Workspace" + notebook_path))
-except NameError:  # a local `python notebooks/...` run: this file is the notebook
-    dbutils, repo_root = None, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+notebook_folder = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else os.getcwd()
+repo_root = os.path.dirname(notebook_folder)
 sys.path.insert(0, repo_root)
+dbutils = globals().get("dbutils")  # Databricks gives a notebook its dbutils; a local run has none
+from penguin_lab import notebook
+notebook.require(dbutils, "torch")  # a runtime without PyTorch (not an ML runtime) stops here, in one line
 
 import json
 
@@ -43,7 +40,8 @@ model_dir = notebook.output_path(params) / "model"
 for path in sorted(model_dir.iterdir()):
     print(f"{path.name:<20} {path.stat().st_size:>7} bytes")
 metadata = artifacts.read_metadata(model_dir)  # checked field by field, like every load
-print(json.dumps({k: metadata[k] for k in ("features", "island_vocabulary", "scale", "species", "versions")}, indent=2))
+print(json.dumps({k: metadata[k] for k in ("features", "island_vocabulary", "scale", "standardization", "species",
+                                           "versions")}, indent=2))
 
 # COMMAND ----------
 
@@ -52,8 +50,8 @@ print(json.dumps({k: metadata[k] for k in ("features", "island_vocabulary", "sca
 # MAGIC
 # MAGIC The lab's new penguin is `[[1, 50.4, 15.3, 20, 50]]`: island index 1 (Biscoe in the lab's run), culmen
 # MAGIC 50.4 mm long and 15.3 mm deep, flipper 200 mm, body mass 5000 g (the last two already scaled). With the
-# MAGIC vocabulary saved in the model we can say *Biscoe* and give plain measurements; the model scales them the way
-# MAGIC it was trained.
+# MAGIC vocabulary saved in the model we can say *Biscoe* and give plain measurements; the model scales and
+# MAGIC standardizes them exactly the way its training rows were.
 
 # COMMAND ----------
 

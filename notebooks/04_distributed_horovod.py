@@ -12,6 +12,7 @@
 # MAGIC > Databricks now recommends **TorchDistributor**, which notebook 5 uses for the same training. Run this notebook
 # MAGIC > on Databricks Runtime 15.4 LTS ML or older, or on your own machine after `make horovod` (which builds Horovod
 # MAGIC > for this project's PyTorch; see `docs/distributed.md`).
+# MAGIC > On a newer runtime, the first cell stops the notebook and says so.
 # MAGIC
 # MAGIC How it works: every process runs the same training function on its own share of the training rows. After
 # MAGIC each batch, Horovod averages the gradients of all processes, so every process takes the same step and all
@@ -19,22 +20,20 @@
 
 # COMMAND ----------
 
-# MAGIC %pip install -q safetensors==0.8.0 tqdm
-
-# COMMAND ----------
-
-# Make the `penguin_lab` package importable: it sits in the repository root, the notebook folder's parent.
+# Make the `penguin_lab` package importable: it sits in the repository root, the parent of this notebook's
+# folder (on Databricks the working directory; in a local `python notebooks/...` run, __file__'s folder).
 # PYTHONPATH carries it to the training processes this notebook starts on this machine.
 import os, shutil, sys
-try:  # on Databricks, dbutils knows where this notebook is
-    notebook_path = dbutils.notebook.entry_point.getDbutils().notebook().getContext().notebookPath().get()
-    repo_root = os.path.dirname(os.path.dirname("/Workspace" + notebook_path))
-except NameError:  # a local `python notebooks/...` run: this file is the notebook
-    dbutils, repo_root = None, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+notebook_folder = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else os.getcwd()
+repo_root = os.path.dirname(notebook_folder)
 sys.path.insert(0, repo_root)
+dbutils = globals().get("dbutils")  # Databricks gives a notebook its dbutils; a local run has none
+from penguin_lab import notebook
+notebook.require(dbutils, "torch")  # a runtime without PyTorch (not an ML runtime) stops here, in one line
+# sparkdl's HorovodRunner on Databricks Runtime ML 15.4 LTS and older; without Horovod, the notebook stops here.
+HorovodRunner = notebook.horovod_runner(dbutils)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH")) if p)
 
-from penguin_lab import notebook
 from penguin_lab.artifacts import load_model
 from penguin_lab.config import TrainConfig
 from penguin_lab.data import prepare
@@ -58,7 +57,8 @@ print(params)
 # MAGIC The same preparation as notebook 1: Spark checks, cleans, encodes and scales the rows, then splits them into
 # MAGIC a training set and a test set with no penguin on both sides, written as Parquet. The training processes read
 # MAGIC that Parquet themselves, so it goes in the results folder, which every node must be able to read (on
-# MAGIC Databricks a path under `/dbfs` or `/Volumes`, as the default `/dbfs/tmp/penguin-lab`).
+# MAGIC Databricks a path under `/dbfs` or `/Volumes`, as the default `/dbfs/tmp/penguin-lab`; on a cluster without
+# MAGIC `/dbfs` the default is the driver's `/tmp/penguin-lab`, which the processes of a single-node cluster share).
 
 # COMMAND ----------
 
@@ -90,10 +90,6 @@ print("training set:", prepared.train_path)
 
 # COMMAND ----------
 
-try:
-    from sparkdl import HorovodRunner
-except ImportError:
-    from penguin_lab.distributed import HorovodRunner
 print("HorovodRunner from", HorovodRunner.__module__)
 
 # COMMAND ----------

@@ -6,7 +6,7 @@
 # MAGIC deprecated Horovod and HorovodRunner (they are not in Databricks Runtime 16.0 ML and later) and recommends
 # MAGIC **TorchDistributor** (`pyspark.ml.torch.distributor`, part of Apache Spark since 3.4) with PyTorch's own
 # MAGIC **DistributedDataParallel** (DDP). This notebook trains the same model that way. It runs on Databricks Runtime
-# MAGIC 13.3 LTS ML and newer, including 16.x and later, and on your own machine with `pyspark`: no Horovod needed.
+# MAGIC 15.4 LTS ML and newer, including 16.x and later, and on your own machine with `pyspark`: no Horovod needed.
 # MAGIC
 # MAGIC TorchDistributor starts the processes in one of two ways:
 # MAGIC
@@ -19,25 +19,21 @@
 
 # COMMAND ----------
 
-# MAGIC %pip install -q safetensors==0.8.0 tqdm
-
-# COMMAND ----------
-
-# Make the `penguin_lab` package importable: it sits in the repository root, the notebook folder's parent.
+# Make the `penguin_lab` package importable: it sits in the repository root, the parent of this notebook's
+# folder (on Databricks the working directory; in a local `python notebooks/...` run, __file__'s folder).
 # PYTHONPATH carries it to the training processes this notebook starts on this machine.
 import os, shutil, sys
-try:  # on Databricks, dbutils knows where this notebook is
-    notebook_path = dbutils.notebook.entry_point.getDbutils().notebook().getContext().notebookPath().get()
-    repo_root = os.path.dirname(os.path.dirname("/Workspace" + notebook_path))
-except NameError:  # a local `python notebooks/...` run: this file is the notebook
-    dbutils, repo_root = None, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+notebook_folder = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else os.getcwd()
+repo_root = os.path.dirname(notebook_folder)
 sys.path.insert(0, repo_root)
+dbutils = globals().get("dbutils")  # Databricks gives a notebook its dbutils; a local run has none
+from penguin_lab import notebook
+notebook.require(dbutils, "torch")  # a runtime without PyTorch (not an ML runtime) stops here, in one line
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH")) if p)
 
 import torch
 from pyspark.ml.torch.distributor import TorchDistributor
 
-from penguin_lab import notebook
 from penguin_lab.artifacts import load_model
 from penguin_lab.config import TrainConfig
 from penguin_lab.data import prepare
@@ -61,7 +57,8 @@ print(params)
 # MAGIC The same preparation as notebook 1: Spark checks, cleans, encodes and scales the rows, then splits them into
 # MAGIC a training set and a test set with no penguin on both sides, written as Parquet. The training processes read
 # MAGIC that Parquet themselves, so it goes in the results folder, which every node must be able to read (on
-# MAGIC Databricks a path under `/dbfs` or `/Volumes`, as the default `/dbfs/tmp/penguin-lab`).
+# MAGIC Databricks a path under `/dbfs` or `/Volumes`, as the default `/dbfs/tmp/penguin-lab`; on a cluster without
+# MAGIC `/dbfs` the default is the driver's `/tmp/penguin-lab`, which the processes of a single-node cluster share).
 
 # COMMAND ----------
 

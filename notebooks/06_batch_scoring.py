@@ -13,20 +13,16 @@
 
 # COMMAND ----------
 
-# MAGIC %pip install -q safetensors==0.8.0 tqdm
-
-# COMMAND ----------
-
-# Make the `penguin_lab` package importable: it sits in the repository root, the notebook folder's parent.
+# Make the `penguin_lab` package importable: it sits in the repository root, the parent of this notebook's
+# folder (on Databricks the working directory; in a local `python notebooks/...` run, __file__'s folder).
 import os, sys
-try:  # on Databricks, dbutils knows where this notebook is
-    notebook_path = dbutils.notebook.entry_point.getDbutils().notebook().getContext().notebookPath().get()
-    repo_root = os.path.dirname(os.path.dirname("/Workspace" + notebook_path))
-except NameError:  # a local `python notebooks/...` run: this file is the notebook
-    dbutils, repo_root = None, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+notebook_folder = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else os.getcwd()
+repo_root = os.path.dirname(notebook_folder)
 sys.path.insert(0, repo_root)
-
+dbutils = globals().get("dbutils")  # Databricks gives a notebook its dbutils; a local run has none
 from penguin_lab import notebook
+notebook.require(dbutils, "torch")  # a runtime without PyTorch (not an ML runtime) stops here, in one line
+
 from penguin_lab.predict import score_table
 from penguin_lab.score import score, scored_batches
 from penguin_lab.spark import get_spark, spark_path

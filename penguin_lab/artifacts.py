@@ -23,7 +23,10 @@ from .config import FEATURES, SCALE, SPECIES
 from .errors import LabError
 
 MODEL_FORMAT = "penguin-lab-model"
-MODEL_FORMAT_VERSION = 1
+# Version 2 standardizes the inputs (model.json "standardization"). Version 1 models, saved before, fed the
+# network the lab's hand-scaled values: they load with no standardization and predict as they always did.
+MODEL_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "model.json"
 _MAX_METADATA_BYTES = 1 << 20
@@ -144,8 +147,11 @@ def sha256_file(path: Path) -> str:
 
 
 def save_model(model, folder: Path, island_vocabulary: list, feature_ranges: dict | None = None,
-               metrics: dict | None = None, extra: dict | None = None) -> Path:
-    """Write model.safetensors and model.json into `folder` (created)."""
+               metrics: dict | None = None, extra: dict | None = None, standardization: dict | None = None) -> Path:
+    """Write model.safetensors and model.json into `folder` (created).
+
+    `standardization` is the prepared data's {feature: [mean, std]}; None means the network was
+    trained on unstandardized inputs (mean 0, std 1 for every feature)."""
     import safetensors
     import torch
     from safetensors.torch import save_file
@@ -164,6 +170,7 @@ def save_model(model, folder: Path, island_vocabulary: list, feature_ranges: dic
         "features": FEATURES,
         "island_vocabulary": list(island_vocabulary),
         "scale": SCALE,
+        "standardization": standardization or {f: [0.0, 1.0] for f in FEATURES},
         "species": SPECIES,
         "feature_ranges": feature_ranges or {},
         "tensors": {k: list(v.shape) for k, v in state.items()},
@@ -222,9 +229,12 @@ def read_metadata(folder: Path) -> dict:
         raise LabError(f"{meta_path}: JSON nested too deeply; expected JSON model metadata") from None
     if not isinstance(metadata, dict) or metadata.get("format") != MODEL_FORMAT:
         raise LabError(f"{meta_path}: not penguin-lab model metadata; expected \"format\": \"{MODEL_FORMAT}\"")
-    if metadata.get("format_version") != MODEL_FORMAT_VERSION or isinstance(metadata.get("format_version"), bool):
-        raise LabError(f"{meta_path}: format_version {_short(metadata.get('format_version'))} is not supported; "
-                       f"expected {MODEL_FORMAT_VERSION}")
+    version = metadata.get("format_version")
+    if version not in READABLE_FORMAT_VERSIONS or not isinstance(version, int) or isinstance(version, bool):
+        raise LabError(f"{meta_path}: format_version {_short(version)} is not supported; "
+                       f"expected {' or '.join(map(str, READABLE_FORMAT_VERSIONS))}")
+    if version == 1:
+        metadata["standardization"] = {f: [0.0, 1.0] for f in FEATURES}
     _check_fields(metadata, meta_path)
     return metadata
 
@@ -275,6 +285,11 @@ def _check_fields(metadata: dict, meta_path: Path) -> None:
     tensors = metadata["tensors"]
     if not all(isinstance(shape, list) and all(_is_count(n, 0) for n in shape) for shape in tensors.values()):
         bad("tensors", "a shape (list of whole numbers) per tensor")
+    moments = metadata.get("standardization")
+    if not isinstance(moments, dict) or set(moments) != set(FEATURES) or not all(
+            isinstance(m, list) and len(m) == 2 and all(_is_number(v) for v in m) and m[1] > 0
+            for m in moments.values()):
+        bad("standardization", f"[mean, standard deviation > 0] for each of {', '.join(FEATURES)}")
     ranges = metadata.get("feature_ranges", {})
     if not isinstance(ranges, dict) or not all(
             name in SCALE and isinstance(r, list) and len(r) == 2 and all(_is_number(v) for v in r) and r[0] <= r[1]

@@ -6,45 +6,16 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import signal
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
+from .arguments import positive_float, positive_int, seed_int
+from .cli_databricks import add_databricks_commands, add_submit_command
 from .config import DEFAULT_DATA, TrainConfig
 from .errors import LabError
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
-    return value
-
-
-def seed_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= value < 2**32:  # what every random generator involved accepts
-        raise argparse.ArgumentTypeError(f"{text!r} must be from 0 to {2**32 - 1}")
-    return value
 
 
 def default_out() -> Path:
@@ -213,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(func=cmd_synth)
 
     _add_distributed_command(commands)
-    _add_databricks_commands(commands)
+    add_databricks_commands(commands)
+    add_submit_command(commands)
     return parser
 
 
@@ -261,56 +233,11 @@ def cmd_distributed(args) -> int:
     return 0
 
 
-def _add_databricks_commands(commands) -> None:
-    parser = commands.add_parser(
-        "databricks",
-        help="create or remove the lab cluster and notebooks in an existing Databricks workspace",
-        description="Create or remove the lab cluster and notebooks in a Databricks workspace you already have. "
-        "Credentials come from --host/--profile, DATABRICKS_HOST and DATABRICKS_TOKEN, or ~/.databrickscfg.")
-    actions = parser.add_subparsers(dest="databricks_action", metavar="{up,down}", required=True)
-    up = actions.add_parser("up", help="create or reuse the cluster and import the notebooks")
-    down = actions.add_parser("down", help="permanently delete the cluster and the imported folder")
-    for action in (up, down):
-        action.add_argument("--host", metavar="URL", help="workspace URL, e.g. https://adb-123.4.azuredatabricks.net")
-        action.add_argument("--profile", metavar="NAME", help="profile in ~/.databrickscfg")
-        action.add_argument("--workspace-dir", metavar="PATH",
-                            help="workspace folder for the notebooks (default from cluster.json)")
-    up.add_argument("--git-url", metavar="URL", help="create a Git folder of this repository instead of importing files")
-    up.add_argument("--wait", action="store_true", help="wait until the cluster runs")
-    up.add_argument("--skip-cluster", action="store_true", help="only import the notebooks")
-    up.set_defaults(func=cmd_databricks_up)
-    down.set_defaults(func=cmd_databricks_down)
-
-
-def cmd_databricks_up(args) -> int:
-    from . import workspace
-
-    workspace.quiet_sdk_warnings()
-    result = workspace.up(host=args.host, profile=args.profile, git_url=args.git_url,
-                          workspace_dir=args.workspace_dir, wait=args.wait, skip_cluster=args.skip_cluster,
-                          log=_progress)
-    print(f"workspace: {result.host}")
-    if result.cluster_id:
-        print(f"cluster:   {result.cluster_name} ({result.cluster_id}, {result.cluster_state}, {result.spark_version})")
-    else:
-        print("cluster:   skipped")
-    print(f"notebooks: {result.workspace_dir} ({result.notebooks})")
-    return 0
-
-
-def cmd_databricks_down(args) -> int:
-    from . import workspace
-
-    workspace.quiet_sdk_warnings()
-    result = workspace.down(host=args.host, profile=args.profile, workspace_dir=args.workspace_dir, log=_progress)
-    print(f"workspace: {result.host}")
-    print(f"clusters deleted: {', '.join(result.deleted_clusters) or 'none'}")
-    print(f"folder deleted:   {result.deleted_folder or 'none'}")
-    return 0
-
-
-def _progress(message: str) -> None:
-    print(message, file=sys.stderr)  # stdout is for the summary
+def job_main() -> None:
+    """The entry point of a Python wheel task: Databricks ignores a return value, so a failure exits non-zero."""
+    code = main()
+    if code:
+        sys.exit(code)
 
 
 def one_line(text: str, limit: int = 2000) -> str:

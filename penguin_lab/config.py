@@ -1,10 +1,14 @@
 """Every setting of the lab in one place."""
 
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The checkout's data, or, in an installed wheel (as on a Databricks job cluster), the copy it ships.
 DEFAULT_DATA = REPO_ROOT / "data" / "penguins.csv"
+if not DEFAULT_DATA.is_file() and (Path(sys.prefix) / "share" / "penguin-lab" / "penguins.csv").is_file():
+    DEFAULT_DATA = Path(sys.prefix) / "share" / "penguin-lab" / "penguins.csv"
 
 # The CSV's columns, found by name. Island is a category; the four measurements are numbers.
 ISLAND = "Island"
@@ -33,6 +37,9 @@ class TrainConfig:
     seed: int = 0
     # The lab copies every row 4 times to make epochs longer. Copies go to training only.
     oversample: int = 1
+    # Standardize the inputs with the training rows' mean and std (data.standardization). False feeds the
+    # network the lab's hand-scaled values, as the lab did: for comparison (bench/bench_seeds.py).
+    standardize: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)

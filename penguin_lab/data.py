@@ -33,6 +33,9 @@ class PreparedData:
     counts: dict = field(default_factory=dict)
     feature_ranges: dict = field(default_factory=dict)
     oversample: int = 1
+    # Each feature's [mean, standard deviation] over the training rows: the prepared sets hold
+    # (feature - mean) / std, and the model remembers them to transform new penguins the same way.
+    standardization: dict = field(default_factory=dict)
 
     @cached_property
     def _train(self):
@@ -61,7 +64,8 @@ def encode(rows, vocabulary: list):
     vocabulary is saved with the model. Returns Row, Island, the FEATURES and the label."""
     from pyspark.sql import functions as F
 
-    index = F.array_position(F.array(*[F.lit(name) for name in vocabulary]), F.col(ISLAND)) - 1
+    # A map lookup, not array_position: before Spark 4.0 (Databricks Runtime 15.4 and 16.4) that takes a literal only.
+    index = F.create_map(*[F.lit(part) for i, name in enumerate(vocabulary) for part in (name, i)])[F.col(ISLAND)]
     return rows.select(
         "Row", ISLAND, index.cast("float").alias("IslandIdx"),
         (F.col("CulmenLength") * SCALE["CulmenLength"]).cast("float").alias("CulmenLength"),
@@ -98,6 +102,39 @@ def shuffled(rows, seed: int):
     from pyspark.sql import functions as F
 
     return rows.sortWithinPartitions(F.xxhash64(F.lit(seed + 1), F.col("Row")), "Row")
+
+
+def standardization(split) -> dict:
+    """Spark: [mean, population standard deviation] of each feature over the training rows only.
+
+    The lab divides two measurements by hand and feeds the island as a raw index, so the inputs differ in
+    size and spread, and on some seeds the network stalls (the lab says to run the cell again). Centred
+    and equally spread inputs train well on every seed. The test rows never enter the statistics, so
+    nothing about them leaks into training. A feature with no spread (a single island) is only centred."""
+    from pyspark.sql import functions as F
+
+    aggregates = [F.avg(F.col(f).cast("double")).alias(f"mean_{f}") for f in FEATURES]
+    aggregates += [F.stddev_pop(F.col(f).cast("double")).alias(f"std_{f}") for f in FEATURES]
+    row = split.filter(~F.col("is_test")).agg(*aggregates).first()
+    if row[f"mean_{FEATURES[0]}"] is None:  # no training rows: check_splittable says why
+        return {f: [0.0, 1.0] for f in FEATURES}
+    return {f: [_float32(row[f"mean_{f}"]), _float32(row[f"std_{f}"]) or 1.0] for f in FEATURES}
+
+
+def _float32(value: float) -> float:
+    """Spark adds the partitions' partial sums in the order they arrive, which can change the last bits of
+    a double. Rounded to float32, the statistics are the same whatever that order (bar a near tie)."""
+    return float(np.float32(value))
+
+
+def standardize(split, statistics: dict):
+    """Spark: each feature as (value - mean) / std, computed in double and stored as float, as
+    predict.standardized does for new penguins."""
+    from pyspark.sql import functions as F
+
+    features = [((F.col(f).cast("double") - F.lit(statistics[f][0])) / F.lit(statistics[f][1])).cast("float").alias(f)
+                for f in FEATURES]
+    return split.select("Row", *features, LABEL, "is_test")
 
 
 def write_split(split, folder: Path) -> tuple[str, str]:
@@ -154,7 +191,8 @@ def prepare(spark, penguins, config: TrainConfig, folder: Path) -> PreparedData:
     unique_path = spark_path(str(folder / ".unique"))
     shuffled(encoded, config.seed).write.mode("overwrite").parquet(unique_path)
     split = spark_split(spark.read.parquet(unique_path), config.test_fraction, config.seed)
-    train_path, test_path = write_split(split, folder)
+    statistics = standardization(split) if config.standardize else {f: [0.0, 1.0] for f in FEATURES}
+    train_path, test_path = write_split(standardize(split, statistics), folder)
     shutil.rmtree(folder / ".unique", ignore_errors=True)
     train, test = side_counts(spark, train_path), side_counts(spark, test_path)
     species = {label: train.get(label, 0) + test.get(label, 0) for label in {*train, *test}}
@@ -169,7 +207,8 @@ def prepare(spark, penguins, config: TrainConfig, folder: Path) -> PreparedData:
         "test_rows": sum(test.values()),
         "overlap_rows": overlap_join(spark, train_path, test_path),
     }
-    return PreparedData(train_path, test_path, vocabulary, counts, dict(summary.ranges), config.oversample)
+    return PreparedData(train_path, test_path, vocabulary, counts, dict(summary.ranges), config.oversample,
+                        statistics)
 
 
 def prepare_splits(spark, data, config: TrainConfig, where: str = "data", folder: Path | None = None) -> PreparedData:

@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import builtins
+import importlib.util
 import inspect
 import os
+import sys
+import tempfile
 from pathlib import Path
 
 from .config import DEFAULT_DATA, TrainConfig
 from .errors import LabError
+from .spark import on_databricks
 
-ON_DATABRICKS = "DATABRICKS_RUNTIME_VERSION" in os.environ
+# The results on Databricks: on DBFS when the cluster has it, else on the driver's own disk (a Unity Catalog
+# workspace without a DBFS root); a /Volumes/... path keeps them beyond the cluster's life.
+DBFS_RESULTS = "/dbfs/tmp/penguin-lab"
 
-# name: (widget label, local environment variable, default off Databricks, default on Databricks)
+
+def databricks_results(dbfs: str = "/dbfs") -> str:
+    return DBFS_RESULTS if os.path.isdir(dbfs) else os.path.join(tempfile.gettempdir(), "penguin-lab")
+
+
+# name: (widget label, local environment variable, default off Databricks, default on Databricks: None for
+# databricks_results())
 PARAMETERS = {
     "data_path": ("Data: CSV or Parquet file or folder (dbfs:/..., /Volumes/..., a path) or a table",
                   "PENGUIN_LAB_DATA", str(DEFAULT_DATA), str(DEFAULT_DATA)),
-    "output_dir": ("Results folder", "PENGUIN_LAB_OUT", "runs/notebooks", "/dbfs/tmp/penguin-lab"),
+    "output_dir": ("Results folder (/Volumes/..., /dbfs/..., a path)", "PENGUIN_LAB_OUT", "runs/notebooks", None),
     "epochs": ("Epochs", "PENGUIN_LAB_EPOCHS", str(TrainConfig.epochs), str(TrainConfig.epochs)),
     "seed": ("Random seed", "PENGUIN_LAB_SEED", str(TrainConfig.seed), str(TrainConfig.seed)),
     "drop_invalid": ("Drop rows with invalid values (true/false)", "PENGUIN_LAB_DROP_INVALID", "false", "false"),
@@ -33,11 +45,13 @@ def parameters(dbutils=None) -> dict:
     values = {}
     for name, (label, env, local_default, databricks_default) in PARAMETERS.items():
         if dbutils is not None:
-            dbutils.widgets.text(name, databricks_default, label)
+            default = databricks_results() if databricks_default is None else databricks_default
+            dbutils.widgets.text(name, default, label)
             values[name] = dbutils.widgets.get(name)
         else:
             values[name] = os.environ.get(env, local_default)
-    values["data_path"] = file_path(values["data_path"])
+    for name in ("data_path", "output_dir"):
+        values[name] = file_path(values[name].strip())
     values["epochs"] = _whole_number("epochs", values["epochs"], low=1)
     values["seed"] = _whole_number("seed", values["seed"], low=0)
     for name in ("drop_invalid", "tracking"):
@@ -91,9 +105,17 @@ def _from_ipython(function) -> bool:
     return (getattr(function, "__module__", None) or "").startswith("IPython")
 
 
-def show_figure(figure) -> None:
-    """Display a matplotlib figure in a notebook; locally there is nothing to display it on."""
-    if ON_DATABRICKS or _in_ipython():
+def show_figure(figure, display_function=None) -> None:
+    """Show a matplotlib figure inline: with the notebook's `display` (Databricks renders a figure) when there is
+    one, else with IPython's; a plain `python` run has nothing to show it on."""
+    if display_function is None:
+        caller = inspect.currentframe().f_back
+        display_function = caller.f_globals.get("display", getattr(builtins, "display", None))
+    if display_function is not None and display_function not in (display, show_figure):
+        display_function(figure)
+        from matplotlib import pyplot as plt
+        plt.close(figure)  # shown once: an inline backend would show a figure still open at the cell's end again
+    elif on_databricks() or _in_ipython():
         from matplotlib import pyplot as plt
         plt.show()
 
@@ -108,3 +130,39 @@ def _in_ipython() -> bool:
 
 def output_path(params: dict) -> Path:
     return Path(params["output_dir"])
+
+
+def stop(dbutils, message: str) -> None:
+    """End the notebook here with one line: dbutils.notebook.exit on Databricks, exit status 1 locally."""
+    if dbutils is not None:
+        dbutils.notebook.exit(message)
+    raise SystemExit(f"penguin-lab: {message}")
+
+
+def runtime() -> str:
+    version = os.environ.get("DATABRICKS_RUNTIME_VERSION")
+    return f"Databricks Runtime {version}" if version else f"Python {sys.version.split()[0]} on this machine"
+
+
+def require(dbutils, *modules: str) -> None:
+    """Stop in one line when this runtime lacks a library the notebook needs (torch on a runtime that is not ML)."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        where = "a Databricks Runtime ML, 15.4 LTS ML or newer" if on_databricks() else "`make install`"
+        stop(dbutils, f"this notebook needs {', '.join(missing)}, which {runtime()} lacks; expected {where}")
+
+
+def horovod_runner(dbutils):
+    """The HorovodRunner class: sparkdl's on Databricks Runtime ML 15.4 LTS and older, else penguin_lab's where
+    Horovod is installed. Without either the notebook stops, in one line that says where it runs."""
+    from .distributed import horovod_available, horovod_runner_class
+
+    runner = horovod_runner_class()
+    if runner.__module__.startswith("sparkdl") or horovod_available():
+        return runner
+    if on_databricks():
+        stop(dbutils, f"notebook 4 needs Databricks Runtime 15.4 LTS ML or older, where Horovod and sparkdl's "
+                      f"HorovodRunner are installed; this cluster runs {runtime()}, without them: notebook 5 "
+                      f"trains the same model with TorchDistributor here")
+    stop(dbutils, "notebook 4 needs Horovod, which is not installed: `make horovod` builds it once for this "
+                  "PyTorch; notebook 5 trains the same model with TorchDistributor without it")

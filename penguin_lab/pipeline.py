@@ -96,6 +96,13 @@ def run_metrics(prepared, history, train_seconds: float, config: TrainConfig, in
     }
 
 
+def prepared_entry(prepared) -> dict:
+    """metrics.json's word on the prepared Parquet in a results folder. Its features are standardized:
+    the [mean, std] of each turn them back into the lab's values."""
+    return {"train": "prepared/train", "test": "prepared/test", "format": "parquet",
+            "standardization": prepared.standardization}
+
+
 def write_results(staging: Path, model, prepared, history, metrics: dict) -> None:
     """metrics.json, the plots, weights.txt, model/ and prepared/ (the Parquet training and test sets) in `staging`."""
     import shutil
@@ -107,9 +114,10 @@ def write_results(staging: Path, model, prepared, history, metrics: dict) -> Non
         target = staging / "prepared" / side
         if Path(path).resolve() != target.resolve():  # prepared elsewhere (a notebook's temporary folder)
             shutil.copytree(path, target)
-    metrics["prepared"] = {"train": "prepared/train", "test": "prepared/test", "format": "parquet"}
+    metrics["prepared"] = prepared_entry(prepared)
     summary = {k: v for k, v in metrics.items() if k != "history"}
-    save_model(model, staging / "model", prepared.island_vocabulary, prepared.feature_ranges, summary)
+    save_model(model, staging / "model", prepared.island_vocabulary, prepared.feature_ranges, summary,
+               standardization=prepared.standardization)
     write_plots(staging, model, history, prepared.test_path)
     (staging / "weights.txt").write_text(weights_report(model))
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

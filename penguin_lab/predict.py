@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .artifacts import load_model
-from .config import ISLAND, MEASUREMENTS
+from .config import FEATURES, ISLAND, MEASUREMENTS
 from .errors import LabError
 from .validate import MISSING, check_measurement, expected_measurement, parse_number, short
 
@@ -51,6 +51,13 @@ class Predictor:
         self.islands = self.metadata["island_vocabulary"]
         self.species = self.metadata["species"]
         self.scale = self.metadata["scale"]
+        moments = [self.metadata["standardization"][f] for f in FEATURES]
+        self.mean, self.std = (np.array(column, dtype=np.float64) for column in zip(*moments))
+
+    def standardized(self, x: np.ndarray) -> np.ndarray:
+        """Hand-scaled inputs (float32) as the network was trained on them: (x - mean) / std per feature,
+        in double and then float, exactly as data.standardize writes the prepared sets."""
+        return ((np.asarray(x, dtype=np.float32).astype(np.float64) - self.mean) / self.std).astype(np.float32)
 
     def island_index(self, island) -> int:
         """The model's number for an island name (exact, or the one name that matches ignoring case)."""
@@ -76,7 +83,7 @@ class Predictor:
                     warnings.append(f"{name} {value:g} is far outside the training range {low:g}..{high:g}; "
                                     f"the prediction may be unreliable")
             row.append(value * float(self.scale[name]))
-        return np.asarray(row, dtype=np.float32), warnings
+        return self.standardized(row), warnings
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         import torch
@@ -140,7 +147,7 @@ def score_table(predictor: Predictor, frame):
     good = reason.isna().to_numpy()
     probabilities = np.full((n, len(predictor.species)), np.nan)
     if good.any():
-        x = np.column_stack(columns)[good].astype(np.float32)
+        x = predictor.standardized(np.column_stack(columns)[good])
         with torch.no_grad():
             probabilities[good] = predictor.model(torch.from_numpy(x)).exp().numpy()
     species = np.asarray(predictor.species, dtype=object)

@@ -123,8 +123,11 @@ def score(spark, model: str, data, out, drop_invalid: bool = False) -> dict:
         records, files = records_of(spark, str(data), scratch, require_label=False)
         columns = [ISLAND, *MEASUREMENTS] + ([LABEL] if _has_label(spark, files) else [])
         rows = records.filter(F.col("kind") == "data").select(*columns, reason_column().alias("reason"))
-        scored = rows.mapInPandas(scored_batches(name, predictor.species), output_schema(
-            rows.drop("reason").schema, predictor.species))
+        # Spark 3.5 gives a Python function the workers' environment when it is made, not when it runs: both happen
+        # in workers that import this package (on Databricks it is on the notebook's sys.path only).
+        with workers_import_this_package(spark):
+            scored = rows.mapInPandas(scored_batches(name, predictor.species), output_schema(
+                rows.drop("reason").schema, predictor.species))
         counts = Observation()
         scored = scored.observe(counts, F.count(F.lit(1)).alias("rows"), F.count("reason").alias("flagged"))
         if drop_invalid:

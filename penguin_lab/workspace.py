@@ -102,7 +102,7 @@ def load_settings(path: Path | str | None = None) -> dict:
     for key in ("min_version", "max_version"):
         bound = runtime.get(key)
         if bound is not None and not (isinstance(bound, str) and _VERSION_TEXT.match(bound)):
-            raise LabError(f'{path}: runtime.{key} must be null or a version like "13.3"')
+            raise LabError(f'{path}: runtime.{key} must be null or a version like "15.4"')
     workspace = need(settings, "workspace", dict, "")
     if not need(workspace, "dir", str, "workspace.").startswith("/"):
         raise LabError(f"{path}: workspace.dir must be an absolute workspace path such as /Users/{{user}}/penguin-lab")
@@ -173,7 +173,7 @@ def _version_tuple(text: str) -> tuple[int, int]:
 # --- workspace client and errors ------------------------------------------------------------
 
 
-def _connect(host: str | None, profile: str | None, retry_timeout_seconds: int):
+def connect(host: str | None, profile: str | None, retry_timeout_seconds: int):
     """A WorkspaceClient resolved as the SDK does: arguments, then DATABRICKS_* variables, then ~/.databrickscfg."""
     from databricks.sdk import WorkspaceClient
     from databricks.sdk.core import Config
@@ -200,7 +200,7 @@ def _first_line(text: str, limit: int = 200) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-class _ApiErrors:
+class ApiErrors:
     """Turns what the SDK raises into one-line LabErrors that say what to check."""
 
     def __init__(self, host: str):
@@ -274,13 +274,13 @@ def up(
     """
     settings = load_settings(settings_path)
     source_root = Path(source_dir) if source_dir is not None else repository_root()
-    w = _connect(host, profile, retry_timeout_seconds)
-    with _ApiErrors(w.config.host):
+    w = connect(host, profile, retry_timeout_seconds)
+    with ApiErrors(w.config.host):
         user = w.current_user.me().user_name
         result = UpResult(host=w.config.host, user=user, cluster_name=settings["cluster"]["cluster_name"])
         if not skip_cluster:
             _ensure_cluster(w, settings, user, wait, result, log)
-        folder = _workspace_dir(workspace_dir or settings["workspace"]["dir"], user)
+        folder = resolve_workspace_dir(workspace_dir or settings["workspace"]["dir"], user)
         url = git_url if git_url is not None else settings["workspace"]["git_url"]
         _ensure_notebooks(w, settings["workspace"], folder, url, source_root, result, log)
     return result
@@ -297,15 +297,15 @@ def down(
 ) -> DownResult:
     """Permanently delete the caller's lab cluster and the lab folder (or Git folder); absent ones are skipped."""
     settings = load_settings(settings_path)
-    w = _connect(host, profile, retry_timeout_seconds)
-    with _ApiErrors(w.config.host):
+    w = connect(host, profile, retry_timeout_seconds)
+    with ApiErrors(w.config.host):
         user = w.current_user.me().user_name
         result = DownResult(host=w.config.host)
         for cluster in _own_clusters(w, settings["cluster"]["cluster_name"], user):
             w.clusters.permanent_delete(cluster.cluster_id)
             result.deleted_clusters.append(cluster.cluster_id)
             log(f"deleted cluster {cluster.cluster_name} ({cluster.cluster_id})")
-        folder = _workspace_dir(workspace_dir or settings["workspace"]["dir"], user)
+        folder = resolve_workspace_dir(workspace_dir or settings["workspace"]["dir"], user)
         status = _get_status(w, folder)
         if status is not None:
             repo = _git_folder(w, status)
@@ -343,7 +343,7 @@ def _ensure_cluster(w, settings: dict, user: str, wait: bool, result: UpResult, 
     else:
         versions = w.clusters.spark_versions().versions or []
         spark_version = choose_spark_version(((v.key or "", v.name or "") for v in versions), **settings["runtime"])
-        created = w.clusters.create(**_create_arguments(settings["cluster"], spark_version, user))
+        created = w.clusters.create(**cluster_arguments(settings["cluster"], spark_version, user))
         result.cluster_id, result.spark_version, result.cluster_state = created.cluster_id, spark_version, "CREATED"
         log(f"created cluster {name} ({created.cluster_id}) with runtime {spark_version}")
     if wait:
@@ -352,7 +352,7 @@ def _ensure_cluster(w, settings: dict, user: str, wait: bool, result: UpResult, 
         result.cluster_state = running.state.value
 
 
-def _create_arguments(cluster: dict, spark_version: str, user: str) -> dict:
+def cluster_arguments(cluster: dict, spark_version: str, user: str) -> dict:
     """clusters.create arguments from the JSON's cluster object, checked against the SDK's ClusterSpec."""
     import dataclasses
 
@@ -371,7 +371,7 @@ def _create_arguments(cluster: dict, spark_version: str, user: str) -> dict:
     return arguments
 
 
-def _workspace_dir(template: str, user: str) -> str:
+def resolve_workspace_dir(template: str, user: str) -> str:
     folder = template.replace("{user}", user).rstrip("/")
     if not folder.startswith("/"):
         raise LabError(f"the workspace folder must be an absolute path such as /Users/{user}/penguin-lab, not {template!r}")
@@ -418,7 +418,7 @@ def _ensure_notebooks(w, workspace: dict, folder: str, git_url: str, source_root
         log(f"created Git folder {folder} from {git_url}")
         return
 
-    uploads = _files_to_import(workspace, source_root, folder)
+    uploads = files_to_import(workspace, source_root, folder)
     for directory in sorted({target.rsplit("/", 1)[0] for target, _, _ in uploads}):
         w.workspace.mkdirs(directory)
     for target, source, is_notebook in uploads:
@@ -434,7 +434,7 @@ def _ensure_notebooks(w, workspace: dict, folder: str, git_url: str, source_root
     log(f"imported {len(uploads)} files into {folder}")
 
 
-def _files_to_import(workspace: dict, source_root: Path, folder: str) -> list[tuple[str, Path, bool]]:
+def files_to_import(workspace: dict, source_root: Path, folder: str) -> list[tuple[str, Path, bool]]:
     """(workspace path, local file, is notebook) with the repository's layout kept under `folder`."""
     uploads = []
     for key, is_notebook in (("notebooks", True), ("files", False)):

@@ -28,7 +28,9 @@ def test_run_keeps_the_prepared_parquet_and_says_where(lab_run):
 
     out, _ = lab_run
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["prepared"] == {"train": "prepared/train", "test": "prepared/test", "format": "parquet"}
+    assert metrics["prepared"] == {"train": "prepared/train", "test": "prepared/test", "format": "parquet",
+                                   "standardization": json.loads((out / "model" / "model.json").read_text())[
+                                       "standardization"]}
     train = pq.read_table(out / metrics["prepared"]["train"])
     test = pq.read_table(out / metrics["prepared"]["test"])
     assert (train.num_rows, test.num_rows) == (metrics["train_rows"], metrics["test_rows"])

@@ -131,3 +131,28 @@ def test_test_rows_round_half_up_and_never_zero():
 
     assert [test_rows(n, 0.3) for n in (1, 2, 5, 10, 151)] == [1, 1, 2, 3, 45]
     assert test_rows(5, 0.5) == 3 and test_rows(3, 0.5) == 2
+
+
+def test_inputs_are_standardized_with_the_training_rows_statistics_only(spark, raw, prepared):
+    """Each prepared feature is (hand-scaled value - mean) / std, the mean and std being those of the
+    training rows: the training features have mean 0 and spread 1, the test rows do not enter them."""
+    hand_scaled = spark_prepare(spark, raw).toPandas().set_index("Row")
+    train_rows = pd.read_parquet(prepared.train_path).set_index("Row")
+    test_rows = pd.read_parquet(prepared.test_path).set_index("Row")
+    for feature in FEATURES:
+        values = hand_scaled.loc[train_rows.index, feature].to_numpy(np.float64)
+        mean, std = prepared.standardization[feature]
+        assert mean == pytest.approx(values.mean(), rel=1e-7) and std == pytest.approx(values.std(), rel=1e-7)
+        everything = hand_scaled.loc[[*train_rows.index, *test_rows.index], feature].to_numpy(np.float64)
+        assert mean != pytest.approx(everything.mean(), rel=1e-9)  # the test rows would move it
+        for rows in (train_rows, test_rows):
+            expected = ((hand_scaled.loc[rows.index, feature].to_numpy(np.float64) - mean) / std).astype(np.float32)
+            assert rows[feature].to_numpy().tobytes() == expected.tobytes()
+        assert abs(train_rows[feature].mean()) < 1e-5 and train_rows[feature].std(ddof=0) == pytest.approx(1, abs=1e-5)
+
+
+def test_a_feature_with_no_spread_is_only_centred(spark, raw):
+    one_island = raw[raw["Island"] == "Biscoe"].reset_index(drop=True)
+    prepared = prepare_splits(spark, one_island, TrainConfig())
+    assert prepared.standardization["IslandIdx"] == [0.0, 1.0]
+    assert set(prepared.x_train[:, 0]) == {0.0}

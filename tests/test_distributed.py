@@ -382,7 +382,9 @@ def test_cli_writes_metrics_and_a_model_that_predict_loads(tmp_path):
     # The ranks read the Parquet prepared in the results folder; the read's scratch folder is gone.
     assert sorted(p.name for p in out.iterdir()) == ["accuracy.png", "confusion.png", "loss.png", "metrics.json",
                                                         "model", "prepared"]
-    assert metrics["prepared"] == {"train": "prepared/train", "test": "prepared/test", "format": "parquet"}
+    assert metrics["prepared"] == {"train": "prepared/train", "test": "prepared/test", "format": "parquet",
+                                   "standardization": json.loads((out / "model" / "model.json").read_text())[
+                                       "standardization"]}
     assert parquet_rows_and_bytes(out / "prepared" / "train")[0] == metrics["train_rows"]
     assert parquet_rows_and_bytes(out / "prepared" / "test")[0] == metrics["test_rows"]
     stages = metrics["stage_seconds"]

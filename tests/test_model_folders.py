@@ -230,7 +230,7 @@ def test_weights_that_do_not_fit_are_refused_even_with_a_matching_checksum(model
 # --- metadata that does not match, or is not metadata ------------------------------------------------------
 
 METADATA_CHANGES = {
-    "format_version 2": (lambda m: m.update(format_version=2), "format_version 2 is not supported; expected 1"),
+    "format_version 3": (lambda m: m.update(format_version=3), "format_version 3 is not supported; expected 1 or 2"),
     "format_version '1'": (lambda m: m.update(format_version="1"), "format_version '1' is not supported"),
     "format_version true": (lambda m: m.update(format_version=True), "format_version True is not supported"),
     "no format_version": (lambda m: m.pop("format_version"), "format_version None is not supported"),
@@ -250,6 +250,12 @@ METADATA_CHANGES = {
     "islands not text": (lambda m: m.update(island_vocabulary=[1, 2]), "field 'island_vocabulary'"),
     "scale missing": (lambda m: m["scale"].pop("BodyMass"), "field 'scale'"),
     "scale zero": (lambda m: m["scale"].update(BodyMass=0), "field 'scale'"),
+    "standardization missing": (lambda m: m.pop("standardization"), "field 'standardization' is None"),
+    "standardization std 0": (lambda m: m["standardization"].update(MassScaled=[50.0, 0.0]),
+                              "[mean, standard deviation > 0] for each of IslandIdx"),
+    "standardization feature": (lambda m: m["standardization"].pop("IslandIdx"), "field 'standardization'"),
+    "standardization NaN": (lambda m: m["standardization"].update(IslandIdx=[float("nan"), 1.0]),
+                            "field 'standardization'"),
     "ranges reversed": (lambda m: m["feature_ranges"].update(BodyMass=[6300, 2700]), "field 'feature_ranges'"),
     "ranges text": (lambda m: m["feature_ranges"].update(BodyMass="big"), "field 'feature_ranges'"),
     "sha not hex": (lambda m: m.update(weights_sha256="x" * 64), "field 'weights_sha256'"),

@@ -8,6 +8,7 @@ import torch
 
 from conftest import DATA, assert_one_line_error, run_cli
 from penguin_lab.artifacts import METADATA_FILE, WEIGHTS_FILE, load_model, save_model
+from penguin_lab.config import FEATURES, MEASUREMENTS
 from penguin_lab.errors import LabError
 from penguin_lab.model import PenguinNet
 from penguin_lab.predict import Predictor
@@ -31,16 +32,38 @@ def test_save_then_load_gives_identical_outputs(tmp_path, prepared):
     assert set(metadata["versions"]) >= {"penguin_lab", "torch", "safetensors"}
 
 
-def test_predict_by_island_name_scales_like_the_spark_preparation(lab_run, prepared):
-    """The Predictor turns raw measurements into exactly the rows Spark prepared for training."""
+def test_predict_by_island_name_scales_like_the_spark_preparation(lab_run, prepared, raw):
+    """The Predictor turns raw measurements into exactly the rows Spark prepared for training, bit for bit:
+    the lab's hand scaling, then the training rows' standardization saved with the model."""
     out, _ = lab_run
     predictor = Predictor(out / "model")
+    assert predictor.metadata["standardization"] == prepared.standardization
     raw_first = {"CulmenLength": 39.1, "CulmenDepth": 18.7, "FlipperLength": 181, "BodyMass": 3750}
     x, warnings = predictor.encode("Torgersen", raw_first)
     assert warnings == []
-    assert np.allclose(x, [2.0, 39.1, 18.7, 18.1, 37.5])
-    spark_rows = {tuple(np.round(row, 4)) for row in np.concatenate([prepared.x_train, prepared.x_test])}
-    assert tuple(np.round(x, 4)) in spark_rows
+    mean, std = (np.array(c) for c in zip(*(prepared.standardization[f] for f in FEATURES)))
+    assert np.allclose(x, (np.array([2.0, 39.1, 18.7, 18.1, 37.5]) - mean) / std, atol=1e-6)
+    spark_rows = {row.tobytes() for row in np.concatenate([prepared.x_train, prepared.x_test])}
+    complete = raw.dropna(subset=["Island", *MEASUREMENTS])
+    encoded = {predictor.encode(r["Island"], {m: r[m] for m in MEASUREMENTS})[0].tobytes()
+               for r in complete.to_dict("records")}
+    assert encoded == spark_rows
+
+
+def test_a_model_saved_before_standardization_predicts_as_it_always_did(model_dir, prepared):
+    """format_version 1 models fed the network the hand-scaled values: they still load and get them."""
+    metadata = json.loads((model_dir / METADATA_FILE).read_text())
+    metadata["format_version"] = 1
+    del metadata["standardization"]
+    (model_dir / METADATA_FILE).write_text(json.dumps(metadata))
+    predictor = Predictor(model_dir)
+    x, _ = predictor.encode("Torgersen", {"CulmenLength": 39.1, "CulmenDepth": 18.7, "FlipperLength": 181,
+                                          "BodyMass": 3750})
+    assert x.tolist() == np.array([2.0, 39.1, 18.7, 18.1, 37.5], dtype=np.float32).tolist()
+    with torch.no_grad():
+        expected = predictor.model(torch.as_tensor(x[None])).exp().numpy()[0]
+    got = predictor.predict("Torgersen", CulmenLength=39.1, CulmenDepth=18.7, FlipperLength=181, BodyMass=3750)
+    assert [got["probabilities"][s] for s in predictor.species] == expected.tolist()
 
 
 def test_the_labs_new_penguin_is_a_gentoo(lab_run):

@@ -23,6 +23,7 @@ class DistributedJob:
     test_path: str  # prepared test set, read by rank 0 only
     island_vocabulary: list
     feature_ranges: dict = field(default_factory=dict)
+    standardization: dict = field(default_factory=dict)  # the prepared sets' [mean, std] per feature
     epochs: int = TrainConfig.epochs
     batch_size: int = TrainConfig.batch_size  # per rank, as in the lab
     learning_rate: float = TrainConfig.learning_rate  # for one process; ranks multiply it by the world size
@@ -47,6 +48,7 @@ class DistributedJob:
         return cls(train_path=_absolute(prepared.train_path), test_path=_absolute(prepared.test_path),
                    island_vocabulary=list(prepared.island_vocabulary),
                    feature_ranges=dict(prepared.feature_ranges),
+                   standardization=dict(prepared.standardization),
                    epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
                    hidden_units=config.hidden_units, seed=config.seed,
                    model_dir=None if model_dir is None else _absolute(model_dir), **options)
@@ -149,7 +151,8 @@ def finish_on_rank0(job: DistributedJob, model, test_loader, device, history, re
     if job.model_dir is not None and result["weights_identical"]:
         summary = {k: v for k, v in result.items() if k not in ("history", "model_dir")}
         with staged_dir(Path(job.model_dir)) as staging:
-            save_model(model, staging, job.island_vocabulary, job.feature_ranges, summary)
+            save_model(model, staging, job.island_vocabulary, job.feature_ranges, summary,
+                       standardization=job.standardization)
         result["model_dir"] = job.model_dir
     return result
 

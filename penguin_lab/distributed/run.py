@@ -57,7 +57,7 @@ def _distributed_stages(spark, data, out: Path, engine: str, np: int, local_mode
                         drop_invalid: bool, verbose: bool, fail_on_rank, started: float, tracking) -> dict:
     from ..artifacts import load_model, staged_dir
     from ..data import prepare
-    from ..pipeline import output_errors, stage, write_plots
+    from ..pipeline import output_errors, prepared_entry, stage, write_plots
     from ..read import read_penguins
     from ..train import History
 
@@ -78,7 +78,7 @@ def _distributed_stages(spark, data, out: Path, engine: str, np: int, local_mode
             shutil.rmtree(scratch, ignore_errors=True)
             metrics.update(invalid_rows=penguins.summary.invalid_rows,
                            repeated_header_rows=penguins.repeated_header_rows, data=str(data),
-                           prepared={"train": "prepared/train", "test": "prepared/test", "format": "parquet"},
+                           prepared=prepared_entry(prepared),
                            **tracking.reference())
             write_plots(staging, load_model(staging / "model")[0], History(**metrics["history"]), prepared.test_path)
             write_metrics(staging, metrics, started)
