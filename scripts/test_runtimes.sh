@@ -91,7 +91,7 @@ for runtime in "${runtimes[@]}"; do
   venv="$(venv_for "$runtime")"
   $build_only && { log "$runtime: $venv ready ($((SECONDS - t0)) s)"; continue; }
   log "$runtime: the notebooks as a Databricks driver runs them, in $venv"
-  if (cd "$REPO" && PENGUIN_LAB_RUNTIME="${runtime%%-*}" "$venv/bin/python" -m pytest -q -p no:cacheprovider \
+  if (cd "$REPO" && PENGUIN_LAB_RUNTIME="${runtime%%-*}" "$venv/bin/python" -m pytest -q -p no:cacheprovider --durations=5 \
         tests/test_notebooks_on_databricks.py); then
     log "$runtime: passed in $((SECONDS - t0)) s"
   else
