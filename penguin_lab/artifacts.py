@@ -19,7 +19,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from .config import FEATURES, SCALE, SPECIES
+from .config import FEATURES, SCALE, SPECIES, no_standardization
 from .errors import LabError
 
 MODEL_FORMAT = "penguin-lab-model"
@@ -170,7 +170,7 @@ def save_model(model, folder: Path, island_vocabulary: list, feature_ranges: dic
         "features": FEATURES,
         "island_vocabulary": list(island_vocabulary),
         "scale": SCALE,
-        "standardization": standardization or {f: [0.0, 1.0] for f in FEATURES},
+        "standardization": standardization or no_standardization(),
         "species": SPECIES,
         "feature_ranges": feature_ranges or {},
         "tensors": {k: list(v.shape) for k, v in state.items()},
@@ -234,7 +234,7 @@ def read_metadata(folder: Path) -> dict:
         raise LabError(f"{meta_path}: format_version {_short(version)} is not supported; "
                        f"expected {' or '.join(map(str, READABLE_FORMAT_VERSIONS))}")
     if version == 1:
-        metadata["standardization"] = {f: [0.0, 1.0] for f in FEATURES}
+        metadata["standardization"] = no_standardization()
     _check_fields(metadata, meta_path)
     return metadata
 

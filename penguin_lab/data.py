@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import FEATURES, ISLAND, LABEL, MEASUREMENTS, SCALE, SPECIES, TrainConfig
+from .config import FEATURES, ISLAND, LABEL, MEASUREMENTS, SCALE, SPECIES, TrainConfig, no_standardization
 from .errors import LabError
 from .spark import shared_temporary_folder, spark_path
 from .split import spark_split
@@ -117,7 +117,7 @@ def standardization(split) -> dict:
     aggregates += [F.stddev_pop(F.col(f).cast("double")).alias(f"std_{f}") for f in FEATURES]
     row = split.filter(~F.col("is_test")).agg(*aggregates).first()
     if row[f"mean_{FEATURES[0]}"] is None:  # no training rows: check_splittable says why
-        return {f: [0.0, 1.0] for f in FEATURES}
+        return no_standardization()
     return {f: [_float32(row[f"mean_{f}"]), _float32(row[f"std_{f}"]) or 1.0] for f in FEATURES}
 
 
@@ -191,7 +191,7 @@ def prepare(spark, penguins, config: TrainConfig, folder: Path) -> PreparedData:
     unique_path = spark_path(str(folder / ".unique"))
     shuffled(encoded, config.seed).write.mode("overwrite").parquet(unique_path)
     split = spark_split(spark.read.parquet(unique_path), config.test_fraction, config.seed)
-    statistics = standardization(split) if config.standardize else {f: [0.0, 1.0] for f in FEATURES}
+    statistics = standardization(split) if config.standardize else no_standardization()
     train_path, test_path = write_split(standardize(split, statistics), folder)
     shutil.rmtree(folder / ".unique", ignore_errors=True)
     train, test = side_counts(spark, train_path), side_counts(spark, test_path)

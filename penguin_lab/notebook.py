@@ -91,14 +91,19 @@ def display(frame, rows: int = 5, display_function=None) -> None:
     """Show a Spark DataFrame: with the notebook's `display` (Databricks' table) when there is one, else
     `frame.show(rows)`. The notebook's `display` is `display_function`, or the caller's global or builtin one."""
     if display_function is None:
-        caller = inspect.currentframe().f_back
-        display_function = caller.f_globals.get("display", getattr(builtins, "display", None))
+        display_function = _notebook_display()
     # IPython's display knows nothing of Spark: it would print the schema only. (A notebook may also have
     # imported this function under the name `display`.)
     if display_function is None or display_function is display or _from_ipython(display_function):
         frame.show(rows)
     else:
         display_function(frame)
+
+
+def _notebook_display():
+    """The `display` of the notebook that called this module's function: its global one, or the builtin one."""
+    caller = inspect.currentframe().f_back.f_back
+    return caller.f_globals.get("display", getattr(builtins, "display", None))
 
 
 def _from_ipython(function) -> bool:
@@ -109,8 +114,7 @@ def show_figure(figure, display_function=None) -> None:
     """Show a matplotlib figure inline: with the notebook's `display` (Databricks renders a figure) when there is
     one, else with IPython's; a plain `python` run has nothing to show it on."""
     if display_function is None:
-        caller = inspect.currentframe().f_back
-        display_function = caller.f_globals.get("display", getattr(builtins, "display", None))
+        display_function = _notebook_display()
     if display_function is not None and display_function not in (display, show_figure):
         display_function(figure)
         from matplotlib import pyplot as plt

@@ -128,20 +128,19 @@ def score(spark, model: str, data, out, drop_invalid: bool = False) -> dict:
         with workers_import_this_package(spark):
             scored = rows.mapInPandas(scored_batches(name, predictor.species), output_schema(
                 rows.drop("reason").schema, predictor.species))
-        counts = Observation()
-        scored = scored.observe(counts, F.count(F.lit(1)).alias("rows"), F.count("reason").alias("flagged"))
-        if drop_invalid:
-            scored = scored.filter(F.col("reason").isNull())
-        staging = new_staging_folder(out, "scored Parquet")
-        try:
-            # Fewer, larger pandas batches (the model runs on whole arrays), in workers that import this package.
-            with arrow_batches(spark, 1 << 16), workers_import_this_package(spark):
-                scored.write.mode("overwrite").parquet(spark_path(str(staging)))
-            found = counts.get
-            replace_dir(staging, out)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+            counts = Observation()
+            scored = scored.observe(counts, F.count(F.lit(1)).alias("rows"), F.count("reason").alias("flagged"))
+            if drop_invalid:
+                scored = scored.filter(F.col("reason").isNull())
+            staging = new_staging_folder(out, "scored Parquet")
+            try:
+                with arrow_batches(spark, 1 << 16):  # fewer, larger pandas batches: the model runs on whole arrays
+                    scored.write.mode("overwrite").parquet(spark_path(str(staging)))
+                found = counts.get
+                replace_dir(staging, out)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return {"rows": found["rows"], "flagged": found["flagged"], "written": found["rows"] - (
