@@ -21,6 +21,10 @@ from .spark import shared_temporary_folder, spark_path
 from .split import spark_split
 
 VALUES = [ISLAND, *MEASUREMENTS, LABEL]
+# Training streams a large set one row group at a time: small groups keep its memory the same at any size.
+PREPARED_ROW_GROUP_BYTES = 8 << 20
+# A grouping task's hash table of this many rows stays in memory; a larger one spills and sorts.
+ROWS_PER_GROUPING_TASK = 250_000
 
 
 @dataclass
@@ -65,7 +69,9 @@ def encode(rows, vocabulary: list):
     from pyspark.sql import functions as F
 
     # A map lookup, not array_position: before Spark 4.0 (Databricks Runtime 15.4 and 16.4) that takes a literal only.
-    index = F.create_map(*[F.lit(part) for i, name in enumerate(vocabulary) for part in (name, i)])[F.col(ISLAND)]
+    # No island names means no complete rows (prepare then says so); an empty map has no type to look up in.
+    index = (F.create_map(*[F.lit(part) for i, name in enumerate(vocabulary) for part in (name, i)])[F.col(ISLAND)]
+             if vocabulary else F.lit(None))
     return rows.select(
         "Row", ISLAND, index.cast("float").alias("IslandIdx"),
         (F.col("CulmenLength") * SCALE["CulmenLength"]).cast("float").alias("CulmenLength"),
@@ -76,13 +82,18 @@ def encode(rows, vocabulary: list):
     )
 
 
-def unique_complete(valid):
+def unique_complete(valid, rows: int = 0):
     """Spark: complete rows, each distinct row once (the first of its copies in the file).
 
-    Exact repeats of a row would land on both sides of the split and leak test answers."""
+    Exact repeats of a row would land on both sides of the split and leak test answers. `rows` (about how
+    many there are) sets the number of tasks."""
     from pyspark.sql import functions as F
 
-    return (valid.dropna(subset=VALUES).groupBy(*VALUES).agg(F.min("pos").alias("Row")))
+    # Shuffled by the values first, the grouping has no partial step: nearly every row is unique, and a hash
+    # table of each task's rows before the shuffle doubles the work. Each task then groups a bounded share.
+    tasks = max(2, -(-rows // ROWS_PER_GROUPING_TASK))
+    return (valid.dropna(subset=VALUES).repartition(tasks, *VALUES).groupBy(*VALUES)
+            .agg(F.min("pos").alias("Row")))
 
 
 def check_splittable(species_counts: dict, where: str) -> None:
@@ -144,7 +155,8 @@ def write_split(split, folder: Path) -> tuple[str, str]:
     paths = []
     for name, side in (("train", ~F.col("is_test")), ("test", F.col("is_test"))):
         target = str(folder / name)
-        split.filter(side).select("Row", *FEATURES, LABEL).write.mode("overwrite").parquet(spark_path(target))
+        (split.filter(side).select("Row", *FEATURES, LABEL).write.mode("overwrite")
+         .option("parquet.block.size", PREPARED_ROW_GROUP_BYTES).parquet(spark_path(target)))
         paths.append(target)
     return paths[0], paths[1]
 
@@ -183,7 +195,7 @@ def prepare(spark, penguins, config: TrainConfig, folder: Path) -> PreparedData:
     check_island_spellings(penguins)
     summary = penguins.summary
     vocabulary = sorted(name for name, _ in summary.islands)
-    encoded = encode(unique_complete(penguins.valid()), vocabulary)
+    encoded = encode(unique_complete(penguins.valid(), summary.complete_rows), vocabulary)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     # The split's two small jobs and the writes of both sides read the unique rows: written once, in the

@@ -22,6 +22,8 @@ PLACE = ["file", "block", "pos"]
 FILE_BITS = 48
 # Parquet and table columns of these types hold numbers already: checked as numbers, not as text.
 NUMBER_TYPES = {"double", "float", "int", "bigint", "smallint", "tinyint"}
+# Every character of validate.WHITESPACE is a control character, a space or beyond ASCII.
+MAYBE_WHITESPACE = "[\\x00-\\x20\\x7f-\\x{10ffff}]"
 # Quoted line breaks are rare; more than this many lines inside quotes is not a penguin file.
 MAX_QUOTED_LINES = 1_000_000
 
@@ -78,19 +80,26 @@ def csv_records(lines, f: CsvFile, require_label: bool):
     """The records of one CSV file's lines: kind (blank, sep, header or data), values and the first problem."""
     from pyspark.sql import functions as F
 
-    value, fields = F.col("value"), F.col("fields")
+    value, fields, spaced = F.col("value"), F.col("fields"), F.col("spaced")
     split, bad_quote = _fields(value, f.delimiter)
-    tokens = lines.select(*PLACE, "value", split.alias("fields"), bad_quote.alias("bad_quote"))
+    # Stripping costs more than splitting; a line with no character that could be white space needs none.
+    tokens = lines.select(*PLACE, "value", split.alias("fields"), bad_quote.alias("bad_quote"),
+                          value.rlike(MAYBE_WHITESPACE).alias("spaced"))
     count = F.size(fields)
     width, header_width = max(f.position.values()) + 1, len(f.header)
-    texts = [stripped(F.get(fields, F.lit(i))).alias(f"t_{c}") for c, i in f.position.items()]
+    texts = [F.when(spaced, stripped(F.get(fields, F.lit(i)))).otherwise(F.get(fields, F.lit(i))).alias(f"t_{c}")
+             for c, i in f.position.items()]
     names_again = F.lit(True)
     for column, i in f.position.items():  # a copy of the header inside the data, as `cat a.csv b.csv` leaves it
         names_again = names_again & (folded(F.get(fields, F.lit(i))) == normalize_name(column))
-    # Only a field that cannot start a number may be a column name: the costly comparison is skipped for data.
+    # Only a field that cannot start a number, and long enough to fold to 'culmenlength' (lower() turns one
+    # character into two at most), may be a column name: the costly comparison is skipped for data and for NA.
     first_character = F.substring(F.col("t_CulmenLength"), 1, 1)
-    maybe_names = (first_character != "") & ~first_character.isin(*"0123456789.+-")
-    kind = (F.when(stripped(value, f.delimiter) == "", "blank")
+    maybe_names = ((first_character != "") & ~first_character.isin(*"0123456789.+-")
+                   & (F.length(F.col("t_CulmenLength")) * 2 >= len(normalize_name("CulmenLength"))))
+    # A blank line is only white space and delimiters: it starts with one or the other.
+    blank = (value == "") | ((spaced | value.startswith(f.delimiter)) & (stripped(value, f.delimiter) == ""))
+    kind = (F.when(blank, "blank")
             .when(F.lit(f.sep_line is not None) & (value == F.lit(f.sep_line or "")), "sep")
             .when((value == f.header_text) | (maybe_names & names_again), "header").otherwise("data"))
     extra = F.slice(fields, header_width + 1, F.greatest(count - header_width, F.lit(1)))
@@ -100,8 +109,9 @@ def csv_records(lines, f: CsvFile, require_label: bool):
              .when((count > header_width) & F.exists(extra, lambda x: stripped(x) != ""),
                    problem("too_many_fields", None, count)))
     quotes = F.length(value) - F.length(F.regexp_replace(value, '"', ""))
-    cells = (tokens.select(*PLACE, "value", "fields", *texts, shape.alias("shape"))
-             .select(*PLACE, kind.alias("kind"), (quotes % 2 == 1).alias("odd_quotes"), *[f"t_{c}" for c in f.position],
+    odd_quotes = F.when(F.instr(value, '"') > 0, quotes % 2 == 1).otherwise(F.lit(False))
+    cells = (tokens.select(*PLACE, "value", "fields", "spaced", *texts, shape.alias("shape"))
+             .select(*PLACE, kind.alias("kind"), odd_quotes.alias("odd_quotes"), *[f"t_{c}" for c in f.position],
                      "shape"))
     return checked(cells, [*PLACE, "kind", "odd_quotes"], f.delimiter != ",", require_label)
 

@@ -27,6 +27,7 @@ def class_archive() -> Path:
 
 # Inputs at least this large keep the JVM's optimizing compiler: it halves the time to read them.
 LARGE_INPUT_BYTES = 4 << 20
+HUGE_METHOD_BYTES = 8000  # HotSpot's HugeMethodLimit
 
 
 def java_options(record_archive: Path | None = None, large_input: bool = False) -> str:
@@ -95,8 +96,18 @@ def get_spark(record_archive: Path | None = None, large_input: bool = False):
         # merges back to about 64 MB each: a sort of tens of millions of rows in one task runs out of heap.
         ("spark.sql.shuffle.partitions", "200" if large_input else "2"),
         ("spark.sql.execution.arrow.pyspark.enabled", "true"),
+        # PySpark 4 records the Python line of every column function in the JVM, several calls to it each: the
+        # record checks alone are thousands. Errors here are one line that names the data, not the code.
+        ("spark.python.sql.dataFrameDebugging.enabled", "false"),
+        # HotSpot compiles no method over 8000 bytes, and the record checks fuse into one far larger: beyond
+        # that size Spark runs the stage's expressions as separately generated, smaller methods instead.
+        ("spark.sql.codegen.hugeMethodLimit", str(HUGE_METHOD_BYTES)),
         ("spark.driver.extraJavaOptions", java_options(record_archive, large_input)),
     ])
+    if not large_input:
+        # A few hundred rows: interpreting each query's expressions is faster than generating and compiling
+        # its code, which a short run would use for milliseconds.
+        conf.setAll([("spark.sql.codegen.wholeStage", "false"), ("spark.sql.codegen.factoryMode", "NO_CODEGEN")])
     if os.environ.get("PENGUIN_LAB_DRIVER_MEMORY"):  # the heap is fixed when spark-submit starts the JVM
         conf.set("spark.driver.memory", os.environ["PENGUIN_LAB_DRIVER_MEMORY"])
     cluster = re.fullmatch(r"local-cluster\[\s*\d+\s*,\s*\d+\s*,\s*(\d+)\s*\]", master)

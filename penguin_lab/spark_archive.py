@@ -22,10 +22,15 @@ def _record(archive: Path) -> None:
     from .read import read_penguins
 
     spark = get_spark(record_archive=archive)
-    with tempfile.TemporaryDirectory(prefix="penguin-lab-archive-") as folder:
-        scratch = Path(folder) / "scratch"
-        scratch.mkdir()
-        prepare(spark, read_penguins(spark, DEFAULT_DATA, scratch), TrainConfig(), Path(folder) / "prepared")
+    # Small inputs run with interpreted expressions, large ones with generated code: the classes of both.
+    for generated_code in (False, True):
+        if generated_code:
+            spark.conf.set("spark.sql.codegen.wholeStage", "true")
+            spark.conf.set("spark.sql.codegen.factoryMode", "FALLBACK")
+        with tempfile.TemporaryDirectory(prefix="penguin-lab-archive-") as folder:
+            scratch = Path(folder) / "scratch"
+            scratch.mkdir()
+            prepare(spark, read_penguins(spark, DEFAULT_DATA, scratch), TrainConfig(), Path(folder) / "prepared")
     # The JVM writes the archive as it exits, which it does when its stdin closes; wait for that.
     jvm = spark.sparkContext._gateway.proc
     spark.stop()

@@ -89,14 +89,30 @@ def stripped(column, also: str = ""):
     return F.btrim(column, F.lit(WHITESPACE + also))
 
 
-def is_missing(value):
+def case_spellings(words) -> list:
+    """Every upper- and lower-case spelling of ASCII words ("na": na, nA, Na, NA).
+
+    Compared with these, a value needs no lower(): Spark's first case mapping loads ICU's tables, over a
+    second of a short run. No other character lower-cases to an ASCII letter of these words."""
+    import itertools
+
+    return sorted({"".join(letters) for word in words
+                   for letters in itertools.product(*[sorted({ch.lower(), ch.upper()}) for ch in word])})
+
+
+MISSING_SPELLINGS = case_spellings(MISSING)
+
+
+def is_missing(column: str):
+    """Whether the text in a named column is no value. One SQL expression: a Python list of hundreds of
+    literals would cost a call to the JVM each, for every column of every plan."""
     from pyspark.sql import functions as F
 
-    return value.isNull() | F.lower(value).isin(sorted(MISSING))
+    spellings = ", ".join("'" + word.replace("\\", "\\\\").replace("'", "\\'") + "'" for word in MISSING_SPELLINGS)
+    return F.expr(f"`{column}` IS NULL OR `{column}` IN ({spellings})")
 
 
 NUMBER_CHARACTERS = "0123456789.+-eE"
-SPECIAL_NUMBERS = sorted({sign + word for sign in ("", "+", "-") for word in ("inf", "infinity", "nan")})
 
 
 def as_number(value, decimal_comma: bool):
@@ -109,10 +125,9 @@ def as_number(value, decimal_comma: bool):
     if decimal_comma:
         value = F.when(value.rlike(DECIMAL_COMMA), F.regexp_replace(value, ",", ".")).otherwise(value)
     only_number_characters = (F.translate(value, NUMBER_CHARACTERS, "") == "") & (value != "")
-    word = F.lower(value)
-    special = (F.when(word.endswith("nan"), F.lit(float("nan")))
-               .when(word.startswith("-"), F.lit(float("-inf"))).otherwise(F.lit(float("inf"))))
-    return F.when(only_number_characters, _try_double(value)).when(word.isin(SPECIAL_NUMBERS), special)
+    special = (F.when(value.rlike("(?i)nan$"), F.lit(float("nan")))
+               .when(value.startswith("-"), F.lit(float("-inf"))).otherwise(F.lit(float("inf"))))
+    return F.when(only_number_characters, _try_double(value)).when(value.rlike(SPECIAL_NUMBER), special)
 
 
 def _try_double(value):
@@ -174,7 +189,9 @@ def checked(frame, keep: list, decimal_comma: bool, require_label: bool, shape="
     label = f"t_{LABEL}"
     numbers = [F.col(f"n_{c}") if c in typed else as_number(F.col(f"t_{c}"), decimal_comma).alias(f"n_{c}")
                for c in MEASUREMENTS]
-    species = as_species(F.col(label)) if require_label or label in frame.columns else F.lit(None)
+    # Only data is parsed: a header's 'Species' would cost a case mapping (see case_spellings) for nothing.
+    species = (F.when(F.col("kind") == "data", as_species(F.col(label))) if require_label or label in frame.columns
+               else F.lit(None))
     texts = [f"t_{c}" for c in [ISLAND, *MEASUREMENTS] if c not in typed] + ([label] if label in frame.columns else [])
     parsed = frame.select(*keep, shape, *texts, *numbers, species.cast("int").alias("n_species"))
     problems = [F.col(shape)]  # the first non-null of these is the record's problem
@@ -185,13 +202,13 @@ def checked(frame, keep: list, decimal_comma: bool, require_label: bool, shape="
             text, present[c] = number.cast("string"), number.isNotNull() & ~F.isnan(number)
         else:
             text = F.col(f"t_{c}")
-            present[c] = ~is_missing(text)
+            present[c] = ~is_missing(f"t_{c}")
         problems.append(F.when(present[c] & number.isNull(), problem("not_a_number", c, text))
                         .when(present[c] & ~is_possible(number), problem("impossible", c, text)))
-    columns = [F.when(~is_missing(F.col(f"t_{ISLAND}")), F.col(f"t_{ISLAND}")).alias(ISLAND)]
+    columns = [F.when(~is_missing(f"t_{ISLAND}"), F.col(f"t_{ISLAND}")).alias(ISLAND)]
     columns += [F.when(present[c], F.col(f"n_{c}")).alias(c) for c in MEASUREMENTS]
     if label in frame.columns:
-        present = ~is_missing(F.col(label))
+        present = ~is_missing(label)
         problems.append(F.when(present & F.col("n_species").isNull(), problem("not_a_species", LABEL, F.col(label))))
         columns.append(F.when(present, F.col("n_species").cast("double")).alias(LABEL))
     else:

@@ -339,6 +339,9 @@ def test_one_species_only_or_no_complete_row_cannot_be_split(tmp_path, spark):
     none = read(tmp_path, HEADER + "\n" + "Biscoe,,13.2,211,4500,1\n")
     with pytest.raises(LabError, match="no complete rows to train on"):
         prepare_splits(spark, none, TrainConfig(), where="none.csv")
+    no_island = read(tmp_path, HEADER + "\n" + ",39.1,18.7,181,3750,0\n")  # no island names at all
+    with pytest.raises(LabError, match="no complete rows to train on"):
+        prepare_splits(spark, no_island, TrainConfig(), where="no_island.csv")
 
 
 # --- big, binary and missing files ------------------------------------------------------------------------
