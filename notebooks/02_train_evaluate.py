@@ -208,10 +208,11 @@ class MyPenguinNet(torch.nn.Module):
 
 
 train.seed_everything(config.seed)
-my_model = MyPenguinNet(hidden_units=20).to(train.pick_device())
+device = train.pick_device()
+my_model = MyPenguinNet(hidden_units=20).to(device)
 train_loader, before_epoch, test_loader = data_loaders(prepared, config)
 optimizer = torch.optim.Adam(my_model.parameters(), lr=config.learning_rate)
-my_history = train.fit(my_model, train_loader, test_loader, optimizer, config.epochs, train.pick_device(),
+my_history = train.fit(my_model, train_loader, test_loader, optimizer, config.epochs, device,
                        before_epoch=before_epoch)
 print(f"your network: test accuracy {my_history.val_accuracy[-1]:.3f} after {config.epochs} epochs "
       f"(PenguinNet: {history.val_accuracy[-1]:.3f})")

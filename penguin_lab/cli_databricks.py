@@ -6,6 +6,11 @@ from .arguments import positive_float, positive_int, progress_line, seed_int
 from .config import TrainConfig
 
 
+def _add_connection_arguments(parser) -> None:
+    parser.add_argument("--host", metavar="URL", help="workspace URL, e.g. https://adb-123.4.azuredatabricks.net")
+    parser.add_argument("--profile", metavar="NAME", help="profile in ~/.databrickscfg")
+
+
 def add_databricks_commands(commands) -> None:
     parser = commands.add_parser(
         "databricks",
@@ -16,8 +21,7 @@ def add_databricks_commands(commands) -> None:
     up = actions.add_parser("up", help="create or reuse the cluster and import the notebooks")
     down = actions.add_parser("down", help="permanently delete the cluster and the imported folder")
     for action in (up, down):
-        action.add_argument("--host", metavar="URL", help="workspace URL, e.g. https://adb-123.4.azuredatabricks.net")
-        action.add_argument("--profile", metavar="NAME", help="profile in ~/.databrickscfg")
+        _add_connection_arguments(action)
         action.add_argument("--workspace-dir", metavar="PATH",
                             help="workspace folder for the notebooks (default from cluster.json)")
     up.add_argument("--git-url", metavar="URL", help="create a Git folder of this repository instead of importing files")
@@ -63,8 +67,7 @@ def add_submit_command(commands) -> None:
         "notebooks) as a one-time run on a job cluster made from databricks/cluster.json. Prints the run's page, "
         "its states and its test accuracy. Credentials: --host/--profile, DATABRICKS_HOST and DATABRICKS_TOKEN, "
         "~/.databrickscfg or an Azure CLI login.")
-    parser.add_argument("--host", metavar="URL", help="workspace URL, e.g. https://adb-123.4.azuredatabricks.net")
-    parser.add_argument("--profile", metavar="NAME", help="profile in ~/.databrickscfg")
+    _add_connection_arguments(parser)
     parser.add_argument("--notebooks", action="store_true",
                         help="run the notebooks as a chain of tasks (01, 02, 03, then 05, or 04 with --engine horovod)")
     parser.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs)

@@ -22,7 +22,6 @@ FEATURES = ["IslandIdx", "CulmenLength", "CulmenDepth", "FlipperScaled", "MassSc
 SCALE = {"CulmenLength": 1.0, "CulmenDepth": 1.0, "FlipperLength": 0.1, "BodyMass": 0.01}
 
 
-
 def no_standardization() -> dict:
     """[mean, std] = [0, 1] for every feature: the inputs as they are (the lab's, and models saved before)."""
     return {feature: [0.0, 1.0] for feature in FEATURES}

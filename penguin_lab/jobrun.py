@@ -131,8 +131,8 @@ def _failure_reason(w, run) -> str:
 
 
 def _task_accuracy(w, task) -> tuple[float | None, str]:
-    output = _output(w, task)
     if task.python_wheel_task is not None:
+        output = _output(w, task)
         logs = output.logs if output is not None and output.logs else ""
         tracked = MLFLOW_LINE.search(logs)
         if tracked and tracked[2].startswith("databricks"):  # tracked in this workspace's MLflow
@@ -146,6 +146,7 @@ def _task_accuracy(w, task) -> tuple[float | None, str]:
             value = _mlflow_metric(w, run_id)
             if value is not None:
                 return value, f"MLflow run {run_id}"
+        output = _output(w, task)  # only when no MLflow run has the accuracy
         returned = output.notebook_output.result if output is not None and output.notebook_output else None
         found = ACCURACY_LINE.findall(returned or "")
         if found:

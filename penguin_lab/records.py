@@ -87,8 +87,10 @@ def csv_records(lines, f: CsvFile, require_label: bool):
                           value.rlike(MAYBE_WHITESPACE).alias("spaced"))
     count = F.size(fields)
     width, header_width = max(f.position.values()) + 1, len(f.header)
-    texts = [F.when(spaced, stripped(F.get(fields, F.lit(i)))).otherwise(F.get(fields, F.lit(i))).alias(f"t_{c}")
-             for c, i in f.position.items()]
+    texts = []
+    for c, i in f.position.items():
+        field = F.get(fields, F.lit(i))
+        texts.append(F.when(spaced, stripped(field)).otherwise(field).alias(f"t_{c}"))
     names_again = F.lit(True)
     for column, i in f.position.items():  # a copy of the header inside the data, as `cat a.csv b.csv` leaves it
         names_again = names_again & (folded(F.get(fields, F.lit(i))) == normalize_name(column))

@@ -28,6 +28,9 @@ def class_archive() -> Path:
 # Inputs at least this large keep the JVM's optimizing compiler: it halves the time to read them.
 LARGE_INPUT_BYTES = 4 << 20
 HUGE_METHOD_BYTES = 8000  # HotSpot's HugeMethodLimit
+# How Spark evaluates expressions: interpreted (small inputs), or as generated and compiled code (Spark's default).
+INTERPRETED = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"}
+GENERATED_CODE = {"spark.sql.codegen.wholeStage": "true", "spark.sql.codegen.factoryMode": "FALLBACK"}
 
 
 def java_options(record_archive: Path | None = None, large_input: bool = False) -> str:
@@ -107,7 +110,7 @@ def get_spark(record_archive: Path | None = None, large_input: bool = False):
     if not large_input:
         # A few hundred rows: interpreting each query's expressions is faster than generating and compiling
         # its code, which a short run would use for milliseconds.
-        conf.setAll([("spark.sql.codegen.wholeStage", "false"), ("spark.sql.codegen.factoryMode", "NO_CODEGEN")])
+        conf.setAll(INTERPRETED.items())
     if os.environ.get("PENGUIN_LAB_DRIVER_MEMORY"):  # the heap is fixed when spark-submit starts the JVM
         conf.set("spark.driver.memory", os.environ["PENGUIN_LAB_DRIVER_MEMORY"])
     cluster = re.fullmatch(r"local-cluster\[\s*\d+\s*,\s*\d+\s*,\s*(\d+)\s*\]", master)

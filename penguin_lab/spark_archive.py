@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .spark import class_archive, get_spark
+from .spark import GENERATED_CODE, INTERPRETED, class_archive, get_spark
 
 
 def _record(archive: Path) -> None:
@@ -23,10 +23,9 @@ def _record(archive: Path) -> None:
 
     spark = get_spark(record_archive=archive)
     # Small inputs run with interpreted expressions, large ones with generated code: the classes of both.
-    for generated_code in (False, True):
-        if generated_code:
-            spark.conf.set("spark.sql.codegen.wholeStage", "true")
-            spark.conf.set("spark.sql.codegen.factoryMode", "FALLBACK")
+    for mode in (INTERPRETED, GENERATED_CODE):
+        for key, value in mode.items():
+            spark.conf.set(key, value)
         with tempfile.TemporaryDirectory(prefix="penguin-lab-archive-") as folder:
             scratch = Path(folder) / "scratch"
             scratch.mkdir()

@@ -24,13 +24,14 @@ from penguin_lab.wheel import Wheel, build_wheel
 from penguin_lab.workspace import (
     DEFAULT_RETRY_TIMEOUT_SECONDS,
     ApiErrors,
-    choose_spark_version,
     cluster_arguments,
     connect,
     files_to_import,
     load_settings,
+    newest_runtime,
     repository_root,
     resolve_workspace_dir,
+    version_tuple,
 )
 
 # The REST endpoints `submit` calls (the wait adds runs/get, runs/get-output and MLflow's reads).
@@ -139,8 +140,7 @@ def submit(
         w = connect(host, profile, retry_timeout_seconds)
         with ApiErrors(w.config.host):
             user = w.current_user.me().user_name
-            versions = w.clusters.spark_versions().versions or []
-            runtime = choose_spark_version(((v.key or "", v.name or "") for v in versions), **rule)
+            runtime = newest_runtime(w, rule)
             requests = plan_requests(settings, options, wheel, user, runtime, source_root)
             for request in requests[:-1]:
                 _send_upload(w, request)
@@ -179,7 +179,7 @@ def runtime_rule(settings: dict, options: SubmitOptions) -> dict:
     rule = dict(settings["runtime"])
     if options.engine == "horovod":
         highest = rule.get("max_version")
-        if highest is None or tuple(map(int, highest.split("."))) > tuple(map(int, HOROVOD_MAX_RUNTIME.split("."))):
+        if highest is None or version_tuple(highest) > version_tuple(HOROVOD_MAX_RUNTIME):
             rule["max_version"] = HOROVOD_MAX_RUNTIME
     return rule
 

@@ -137,8 +137,8 @@ def choose_spark_version(
     keys of the same version (Scala 2.12 and 2.13), the greater key wins. setup.ps1 applies the same
     rule in Select-SparkVersion.
     """
-    lowest = _version_tuple(min_version) if min_version else None
-    highest = _version_tuple(max_version) if max_version else None
+    lowest = version_tuple(min_version) if min_version else None
+    highest = version_tuple(max_version) if max_version else None
     candidates = []
     for key, name in versions:
         match = _VERSION_KEY.match(key)
@@ -165,7 +165,13 @@ def choose_spark_version(
     return max(candidates)[2]
 
 
-def _version_tuple(text: str) -> tuple[int, int]:
+def newest_runtime(w, rule: dict) -> str:
+    """The newest runtime this workspace offers that follows a runtime rule (cluster.json's, or a narrower one)."""
+    versions = w.clusters.spark_versions().versions or []
+    return choose_spark_version(((v.key or "", v.name or "") for v in versions), **rule)
+
+
+def version_tuple(text: str) -> tuple[int, int]:
     major, minor = text.split(".")
     return int(major), int(minor)
 
@@ -341,8 +347,7 @@ def _ensure_cluster(w, settings: dict, user: str, wait: bool, result: UpResult, 
             w.clusters.wait_get_cluster_terminated(cluster.cluster_id, timeout=WAIT_TIMEOUT)
             w.clusters.start(cluster.cluster_id)
     else:
-        versions = w.clusters.spark_versions().versions or []
-        spark_version = choose_spark_version(((v.key or "", v.name or "") for v in versions), **settings["runtime"])
+        spark_version = newest_runtime(w, settings["runtime"])
         created = w.clusters.create(**cluster_arguments(settings["cluster"], spark_version, user))
         result.cluster_id, result.spark_version, result.cluster_state = created.cluster_id, spark_version, "CREATED"
         log(f"created cluster {name} ({created.cluster_id}) with runtime {spark_version}")

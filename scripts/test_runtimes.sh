@@ -16,15 +16,25 @@
 # 3. tests/test_notebooks_on_databricks.py in that venv: every notebook run as a Databricks driver runs it
 #    (tests/databricks_driver.py), with DATABRICKS_RUNTIME_VERSION set to the runtime's version.
 set -euo pipefail
+shopt -s inherit_errexit  # a failing step inside "$(venv_for ...)" stops the script too
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${PENGUIN_LAB_CACHE:-$HOME/.cache/penguin-lab}/runtimes"
 PYENV="${PYENV_ROOT:-$HOME/.pyenv}"
-PYTHON="${PENGUIN_LAB_RUNTIME_PYTHON:-$(command -v python3.11 || ls -d "$PYENV"/versions/3.11.*/bin/python3.11 2>/dev/null |
-  sort -V | tail -n 1)}"
+
+find_python() {  # a working python$1: on PATH (not a pyenv shim for a version it does not select), else pyenv's newest
+  local candidate
+  for candidate in "$(command -v "python$1" || true)" \
+                   "$(ls -d "$PYENV"/versions/"$1".*/bin/python"$1" 2>/dev/null | sort -V | tail -n 1 || true)"; do
+    if [ -n "$candidate" ] && "$candidate" -c "" 2>/dev/null; then echo "$candidate"; return; fi
+  done
+}
+
+PYTHON="${PENGUIN_LAB_RUNTIME_PYTHON:-$(find_python 3.11)}"
 TEST_TOOLS=(pytest==9.2.0 pytest-timeout==2.4.0)
 HOROVOD_RUNTIMES=" 15.4-lts-ml "   # sparkdl.HorovodRunner and Horovod: 15.4 LTS ML and older only
 
+has_horovod() { [[ "$HOROVOD_RUNTIMES" == *" $1 "* ]]; }
 log() { printf '[test-runtimes %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { printf 'test-runtimes: error: %s\n' "$*" >&2; exit 1; }
 
@@ -41,8 +51,8 @@ case "$CACHE/" in "$REPO"/*) die "the venv cache $CACHE must be outside the clon
 compile_everywhere() {
   local version py
   for version in 3.10 3.12; do
-    py="$(ls -d "$PYENV"/versions/"$version".*/bin/python"$version" 2>/dev/null | sort -V | tail -n 1)"
-    [ -n "$py" ] || die "no Python $version under $PYENV/versions (pyenv install $version)"
+    py="$(find_python "$version")"
+    [ -n "$py" ] || die "no Python $version on PATH or under $PYENV/versions (pyenv install $version)"
     # Compiled in memory: nothing is written into the clone.
     (cd "$REPO" && find . \( -name .venv -o -name .git -o -name runs -o -name build \) -prune -o -name '*.py' -print0 |
       "$py" -c '
@@ -71,11 +81,11 @@ venv_for() {  # the runtime's venv, built when missing
     log "building $venv (a few minutes the first time: pyspark is built from its source archive)" >&2
     rm -rf "$venv"
     mkdir -p "$CACHE"
-    "$PYTHON" -m venv "$venv"
+    "$PYTHON" -m venv "$venv" || die "creating $venv failed"
     "$venv/bin/python" -m pip install -qq --disable-pip-version-check -r "$requirements" "${TEST_TOOLS[@]}" >&2 \
       || die "installing $requirements into $venv failed"
-    if [[ "$HOROVOD_RUNTIMES" == *" $runtime "* ]]; then
-      "$REPO/scripts/build_horovod.sh" "$venv/bin/python" >&2
+    if has_horovod "$runtime"; then
+      "$REPO/scripts/build_horovod.sh" "$venv/bin/python" >&2 || die "building Horovod into $venv failed"
     fi
     touch "$venv/.complete"
     for old in "$CACHE/$runtime"-*; do [ "$old" = "$venv" ] || rm -rf "$old"; done
@@ -91,7 +101,9 @@ for runtime in "${runtimes[@]}"; do
   venv="$(venv_for "$runtime")"
   $build_only && { log "$runtime: $venv ready ($((SECONDS - t0)) s)"; continue; }
   log "$runtime: the notebooks as a Databricks driver runs them, in $venv"
-  if (cd "$REPO" && PENGUIN_LAB_RUNTIME="${runtime%%-*}" "$venv/bin/python" -m pytest -q -p no:cacheprovider --durations=5 \
+  horovod=0; has_horovod "$runtime" && horovod=1
+  if (cd "$REPO" && PENGUIN_LAB_RUNTIME="${runtime%%-*}" PENGUIN_LAB_RUNTIME_HOROVOD=$horovod \
+        "$venv/bin/python" -m pytest -q -p no:cacheprovider --durations=5 \
         tests/test_notebooks_on_databricks.py); then
     log "$runtime: passed in $((SECONDS - t0)) s"
   else
