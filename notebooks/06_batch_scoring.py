@@ -23,7 +23,7 @@ dbutils = globals().get("dbutils")  # Databricks gives a notebook its dbutils; a
 from penguin_lab import notebook
 notebook.require(dbutils, "torch")  # a runtime without PyTorch (not an ML runtime) stops here, in one line
 
-from penguin_lab.predict import score_table
+from penguin_lab.predict import score_columns
 from penguin_lab.score import score, scored_batches
 from penguin_lab.spark import get_spark, spark_path
 
@@ -38,14 +38,16 @@ print("model:", model, "| data:", params["data_path"])
 # MAGIC %md
 # MAGIC ## How a batch is scored
 # MAGIC
-# MAGIC `score_table` takes a pandas frame of penguins and returns the predicted species, one probability per
-# MAGIC species and the reason when there is no prediction. Each distinct island spelling is looked up once and the
-# MAGIC network runs on the whole batch at once. `scored_batches` is what Spark's `mapInPandas` runs on every
-# MAGIC partition: the model is loaded on the first batch a worker sees and kept for the rest.
+# MAGIC `score_columns` takes a batch of penguins as columns, the island codes and one array per measurement, and
+# MAGIC returns one probability per species, or the reason a row has no prediction. Each distinct island spelling is
+# MAGIC looked up once and the network runs on the whole batch at once. `scored_batches` is what Spark's `mapInArrow`
+# MAGIC runs on every partition: Arrow batches in, the same records with their predictions out. The model is loaded
+# MAGIC on the first batch a worker sees and kept for the rest; `scored_files` has each worker write its share as
+# MAGIC Parquet itself.
 
 # COMMAND ----------
 
-notebook.show_source(score_table)
+notebook.show_source(score_columns)
 notebook.show_source(scored_batches)
 
 # COMMAND ----------

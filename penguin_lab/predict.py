@@ -121,6 +121,41 @@ class Predictor:
         return results
 
 
+def score_columns(predictor: Predictor, codes: np.ndarray, spellings: list, measurements: list) -> tuple:
+    """The model's verdict on a batch of penguins, given as columns: `codes` index `spellings` (the batch's
+    distinct island spellings, -1 where the island is missing) and `measurements` holds one float array per
+    MEASUREMENTS column (NaN where missing).
+
+    Returns (probabilities, why, reasons): probabilities per row and species (NaN where not scored); `why`
+    is, per row, -1 where scored, or the index in `reasons` of the first thing that stops it being scored.
+    Each distinct island spelling is looked up once: a batch has a handful, however many rows."""
+    import torch
+
+    reasons = [f"{ISLAND}: missing"] + [
+        f"{name}: missing, not a number or not a possible measurement; expected {expected_measurement(name)}"
+        for name in MEASUREMENTS]
+    island, why_island = np.full(len(spellings) + 1, np.nan), np.full(len(spellings) + 1, 0)  # last: missing
+    for i, spelling in enumerate(spellings):
+        found = _island_or_reason(predictor, spelling)
+        if isinstance(found, int):
+            island[i], why_island[i] = found, -1
+        else:
+            why_island[i] = len(reasons)
+            reasons.append(found)
+    why = why_island[codes]
+    columns = [island[codes]]
+    for number, (name, values) in enumerate(zip(MEASUREMENTS, measurements), start=1):
+        why[~check_measurement(values) & (why < 0)] = number
+        columns.append(values * float(predictor.scale[name]))
+    good = why < 0
+    probabilities = np.full((len(why), len(predictor.species)), np.nan)
+    if good.any():
+        x = predictor.standardized(np.column_stack(columns)[good])
+        with torch.no_grad():
+            probabilities[good] = predictor.model(torch.from_numpy(x)).exp().numpy()
+    return probabilities, why, reasons
+
+
 def score_table(predictor: Predictor, frame):
     """Species and probabilities for a pandas frame of penguins (Island and the measurements), in one pass.
 
@@ -128,34 +163,16 @@ def score_table(predictor: Predictor, frame):
     cannot score (missing or impossible values, an island it does not know) gets no species and says
     why, so a batch never fails because of one row."""
     import pandas as pd
-    import torch
 
-    n = len(frame)
-    # Each distinct island spelling is looked up once: a batch has a handful, however many rows.
     codes, spellings = pd.factorize(frame[ISLAND].astype(object), use_na_sentinel=True)
-    looked_up = [_island_or_reason(predictor, spelling) for spelling in spellings]
-    index = np.array([i if isinstance(i, int) else np.nan for i in looked_up] + [np.nan])[codes]
-    reasons = np.array([None if isinstance(i, int) else i for i in looked_up] + [f"{ISLAND}: missing"], dtype=object)
-    reason = pd.Series(reasons[codes], index=frame.index, dtype=object)
-    columns = [index]
-    for name in MEASUREMENTS:
-        values = pd.to_numeric(frame[name], errors="coerce").astype("float64").to_numpy()
-        possible = check_measurement(values)
-        text = f"{name}: missing, not a number or not a possible measurement; expected {expected_measurement(name)}"
-        reason[~possible & reason.isna().to_numpy()] = text
-        columns.append(values * float(predictor.scale[name]))
-    good = reason.isna().to_numpy()
-    probabilities = np.full((n, len(predictor.species)), np.nan)
-    if good.any():
-        x = predictor.standardized(np.column_stack(columns)[good])
-        with torch.no_grad():
-            probabilities[good] = predictor.model(torch.from_numpy(x)).exp().numpy()
-    species = np.asarray(predictor.species, dtype=object)
-    predicted = np.full(n, None, dtype=object)
-    predicted[good] = species[probabilities[good].argmax(axis=1)]
+    measurements = [pd.to_numeric(frame[name], errors="coerce").astype("float64").to_numpy() for name in MEASUREMENTS]
+    probabilities, why, reasons = score_columns(predictor, codes, list(spellings), measurements)
+    good = why < 0
+    predicted = np.full(len(why), None, dtype=object)
+    predicted[good] = np.asarray(predictor.species, dtype=object)[probabilities[good].argmax(axis=1)]
     result = {"predicted_species": predicted}
     result.update({f"p_{name}": probabilities[:, i] for i, name in enumerate(predictor.species)})
-    result["reason"] = reason.to_numpy()
+    result["reason"] = np.array([*reasons, None], dtype=object)[why]  # -1, scored, is the last: None
     return pd.DataFrame(result, index=frame.index)
 
 

@@ -125,8 +125,10 @@ def table_records(frame, where: str, require_label: bool):
     names = [c for c in frame.columns if c not in PLACE]
     position = find_columns(names, require_label, where, 1, ",")
     types = dict(frame.dtypes)
-    typed = {c for c, i in position.items() if c in MEASUREMENTS and types[names[i]] in NUMBER_TYPES}
-    cells = [F.col(f"`{names[i]}`").cast("double").alias(f"n_{c}") if c in typed else
+    typed = {c for c, i in position.items() if c in [*MEASUREMENTS, LABEL] and types[names[i]] in NUMBER_TYPES}
+    # A number column is kept as a number (a measurement as a double; the species, an index, as it is).
+    cells = [F.col(f"`{names[i]}`").cast("double" if c in MEASUREMENTS else types[names[i]]).alias(f"n_{c}")
+             if c in typed else
              stripped(F.col(f"`{names[i]}`").cast("string")).alias(f"t_{c}") for c, i in position.items()]
     cells = frame.select(*PLACE, F.lit("data").alias("kind"), F.lit(False).alias("odd_quotes"), *cells,
                          F.lit(None).cast(PROBLEM_TYPE).alias("shape"))

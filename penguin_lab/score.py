@@ -2,7 +2,9 @@
 
 The model folder is shipped to the executors with addFile and loaded once per Python worker by
 penguin-lab's own loader (no pickle, no code from the model). Records are checked by the reader's
-rules (read.py); a broken record is flagged in `reason` (or dropped) and never fails the job.
+rules (read.py); a broken record is flagged in `reason` (or dropped) and never fails the job. Each Python
+worker writes its share of the output as Parquet itself, into a staging folder beside the output that the
+driver renames into place once every task is done.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ PHRASES = {"long_line": "the line is too long for a CSV row", "unclosed_quote": 
            "text_after_quote": "text after the closing quote of a field", "too_few_fields": "too few fields",
            "too_many_fields": "too many fields", "not_a_number": "is not a number",
            "impossible": "is not a possible measurement", "not_a_species": "is not a species"}
+ROW_GROUP_BYTES = 8 << 20  # of scored Parquet, as of the prepared sets: enough for a reader to work on whole columns
 _PREDICTORS = {}  # per Python worker: the model, loaded on the first batch
 
 
@@ -77,25 +80,79 @@ def output_schema(input_schema, species: list):
 
 
 def scored_batches(name: str, species: list):
-    """The function mapInPandas runs on each partition: a frame of records in, the same with predictions out."""
+    """The function mapInArrow runs on each partition: Arrow batches of records in, the same records with
+    predictions out. The input columns pass through untouched; only the model's inputs become arrays."""
     def score(batches):
-        import pandas as pd
+        import pyarrow as pa
+        import pyarrow.compute as pc
 
-        from .predict import score_table
+        from .predict import score_columns
 
-        predictor = _worker_predictor(name)
+        species_names = pa.array(species, pa.string())
         for batch in batches:
-            checked = batch["reason"].isna()
-            if checked.all():  # the usual batch: every record follows the rules
-                result = score_table(predictor, batch)
-            else:
-                result = pd.DataFrame({"predicted_species": pd.Series(None, index=batch.index, dtype=object),
-                                       **{f"p_{s}": float("nan") for s in species}}, index=batch.index)
-                result["reason"] = batch["reason"]
-                if checked.any():
-                    result.loc[checked] = score_table(predictor, batch.loc[checked])
-            yield pd.concat([batch.drop(columns=["reason"]), result], axis=1)
+            predictor = _worker_predictor(name)  # loaded on the first batch: an empty partition needs no PyTorch
+            islands = pc.dictionary_encode(batch.column(ISLAND))
+            measurements = [batch.column(m).cast(pa.float64()).to_numpy(zero_copy_only=False) for m in MEASUREMENTS]
+            probabilities, why, reasons = score_columns(predictor, islands.indices.fill_null(-1).to_numpy(),
+                                                        islands.dictionary.to_pylist(), measurements)
+            flagged = batch.column("reason").is_valid().to_numpy(zero_copy_only=False)  # broke a reading rule
+            unscored = (why >= 0) | flagged
+            predicted = pc.take(species_names, pa.array(probabilities.argmax(axis=1), mask=unscored))
+            reason = pc.coalesce(batch.column("reason"), pc.take(pa.array(reasons, pa.string()),
+                                                                 pa.array(why, mask=why < 0)))
+            inputs = [c for c in batch.schema.names if c != "reason"]
+            columns = [*map(batch.column, inputs), predicted,
+                       *[pa.array(probabilities[:, i], mask=unscored) for i in range(len(species))], reason]
+            yield pa.RecordBatch.from_arrays(columns, names=[*inputs, "predicted_species",
+                                                             *[f"p_{s}" for s in species], "reason"])
     return score
+
+
+def scored_files(name: str, species: list, folder: str, drop_invalid: bool):
+    """The function mapInArrow runs on each partition: its records scored (scored_batches) and written by the
+    Python worker itself as one Parquet file in `folder`, named by partition and attempt. What comes back to
+    Spark is one row: the file and its counts. The records never return to the JVM to be written there, which
+    would cost more than reading, checking and scoring them."""
+    def write(batches):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        from pyspark import TaskContext
+
+        task = TaskContext.get()
+        path = Path(folder) / f"part-{task.partitionId():05d}-{task.attemptNumber()}.parquet"
+        writer, pending, counts = None, [], {"rows": 0, "flagged": 0, "written": 0}
+        try:
+            for batch in scored_batches(name, species)(batches):
+                flagged = batch.num_rows - pc.sum(pc.is_null(batch.column("reason"))).as_py()
+                counts["rows"] += batch.num_rows
+                counts["flagged"] += flagged
+                if drop_invalid and flagged:
+                    batch = batch.filter(pc.is_null(batch.column("reason")))
+                counts["written"] += batch.num_rows
+                pending.append(batch)
+                if sum(b.nbytes for b in pending) >= ROW_GROUP_BYTES:
+                    writer = write_row_group(writer, path, pending)
+                    pending = []
+            if pending:
+                writer = write_row_group(writer, path, pending)
+        finally:
+            if writer is not None:
+                writer.close()
+        yield pa.RecordBatch.from_pydict({"file": [path.name if writer is not None else None],
+                                          **{k: [v] for k, v in counts.items()}})
+    return write
+
+
+def write_row_group(writer, path: Path, batches: list):
+    """Append `batches` to the Parquet file at `path` as one row group; the writer, opened on first use."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if writer is None:  # probabilities are all different: a dictionary of them would be built only to be dropped
+        schema = batches[0].schema
+        writer = pq.ParquetWriter(path, schema, use_dictionary=[c for c in schema.names if not c.startswith("p_")])
+    writer.write_table(pa.Table.from_batches(batches))
+    return writer
 
 
 def score(spark, model: str, data, out, drop_invalid: bool = False) -> dict:
@@ -103,7 +160,6 @@ def score(spark, model: str, data, out, drop_invalid: bool = False) -> dict:
     Parquet at `out`, written whole or not at all. Returns the counts and the time taken."""
     import shutil
 
-    from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
     from .artifacts import new_staging_folder, replace_dir
@@ -111,7 +167,7 @@ def score(spark, model: str, data, out, drop_invalid: bool = False) -> dict:
     from .mlflow_models import is_model_uri, local_model_folder
     from .predict import Predictor
     from .read import records_of
-    from .spark import shared_temporary_folder, spark_path
+    from .spark import shared_temporary_folder
 
     started = time.perf_counter()
     out = check_score_output(Path(out))
@@ -123,40 +179,59 @@ def score(spark, model: str, data, out, drop_invalid: bool = False) -> dict:
         records, files = records_of(spark, str(data), scratch, require_label=False)
         columns = [ISLAND, *MEASUREMENTS] + ([LABEL] if _has_label(spark, files) else [])
         rows = records.filter(F.col("kind") == "data").select(*columns, reason_column().alias("reason"))
-        # Spark 3.5 gives a Python function the workers' environment when it is made, not when it runs: both happen
-        # in workers that import this package (on Databricks it is on the notebook's sys.path only).
-        with workers_import_this_package(spark):
-            scored = rows.mapInPandas(scored_batches(name, predictor.species), output_schema(
-                rows.drop("reason").schema, predictor.species))
-            counts = Observation()
-            scored = scored.observe(counts, F.count(F.lit(1)).alias("rows"), F.count("reason").alias("flagged"))
-            if drop_invalid:
-                scored = scored.filter(F.col("reason").isNull())
-            staging = new_staging_folder(out, "scored Parquet")
-            try:
-                with arrow_batches(spark, 1 << 16):  # fewer, larger pandas batches: the model runs on whole arrays
-                    scored.write.mode("overwrite").parquet(spark_path(str(staging)))
-                found = counts.get
-                replace_dir(staging, out)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
+        staging = new_staging_folder(out, "scored Parquet")
+        try:
+            # Spark 3.5 gives a Python function the workers' environment when it is made, not when it runs: both
+            # happen in workers that import this package (on Databricks it is on the notebook's sys.path only).
+            with workers_import_this_package(spark), arrow_batches(spark, 1 << 16):  # the model runs on whole arrays
+                parts = rows.mapInArrow(scored_files(name, predictor.species, str(staging), drop_invalid),
+                                        "file string, rows long, flagged long, written long").collect()
+            keep_only(staging, parts, output_schema(rows.drop("reason").schema, predictor.species))
+            replace_dir(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return {"rows": found["rows"], "flagged": found["flagged"], "written": found["rows"] - (
-        found["flagged"] if drop_invalid else 0), "out": str(out), "seconds": round(time.perf_counter() - started, 3)}
+    found = {key: sum(part[key] for part in parts) for key in ("rows", "flagged", "written")}
+    return {**found, "out": str(out), "seconds": round(time.perf_counter() - started, 3)}
+
+
+def keep_only(folder: Path, parts: list, schema) -> None:
+    """Leave in `folder` the files of the task attempts whose results Spark kept (a failed or duplicate attempt
+    may have left one of its own), and mark it complete as Spark does. No records at all: one empty file with
+    the output's columns, so that the folder still reads as Parquet."""
+    import pyarrow.parquet as pq
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    kept = {part["file"] for part in parts if part["file"]}
+    unseen = sorted(kept - {path.name for path in folder.iterdir()})
+    if unseen:
+        raise LabError(f"{folder.parent}: the workers wrote {unseen[0]} in a folder this machine does not see; "
+                       f"expected an output folder on a file system that the driver and the workers share")
+    for path in folder.iterdir():
+        if path.name not in kept:
+            path.unlink()
+    if not kept:
+        pq.write_table(to_arrow_schema(schema).empty_table(), folder / "part-00000-0.parquet")
+    (folder / "_SUCCESS").touch()
 
 
 @contextlib.contextmanager
 def arrow_batches(spark, rows: int):
-    """Spark's Arrow batches of `rows` records for the block (the session's setting is restored after)."""
-    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
-    before = spark.conf.get(key)
-    spark.conf.set(key, str(rows))
+    """Spark's Arrow batches of `rows` records for the block, with no limit in bytes (the session's settings
+    are restored after). Spark 4 measures a batch after every record to keep it under its byte limit,
+    unless the limit is the largest int; a batch of penguins is a few MB."""
+    settings = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(rows),
+                "spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 1)}
+    before = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
     try:
         yield
     finally:
-        spark.conf.set(key, before)
+        for key, value in before.items():
+            spark.conf.set(key, value) if value is not None else spark.conf.unset(key)
 
 
 def _has_label(spark, files) -> bool:

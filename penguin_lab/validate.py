@@ -179,21 +179,26 @@ def checked(frame, keep: list, decimal_comma: bool, require_label: bool, shape="
     """`frame` (with the stripped text of each column in `t_<column>`, and a `shape` problem or null) as
     `keep`, the parsed columns and `problem`: the first rule a record breaks, in the order of its columns.
 
-    `typed` names measurements that are numbers already (a Parquet double column `n_<column>` in `frame`,
-    instead of text): the same rules, without turning each number into text and back. NaN is missing, as
-    the text 'nan' is. Each value is parsed once, in its own step: Spark computes a named column once,
+    `typed` names measurements (or the species) that are numbers already (a Parquet number column
+    `n_<column>` in `frame`, instead of text): the same rules, without turning each number into text and
+    back. NaN is missing, as the text 'nan' is. Each value is parsed once, in its own step: Spark computes a named column once,
     where one large expression would repeat every parse in every check."""
     from pyspark.sql import functions as F
 
     typed = typed or {}
-    label = f"t_{LABEL}"
+    label = f"n_{LABEL}" if LABEL in typed else f"t_{LABEL}"
     numbers = [F.col(f"n_{c}") if c in typed else as_number(F.col(f"t_{c}"), decimal_comma).alias(f"n_{c}")
                for c in MEASUREMENTS]
-    # Only data is parsed: a header's 'Species' would cost a case mapping (see case_spellings) for nothing.
-    species = (F.when(F.col("kind") == "data", as_species(F.col(label))) if require_label or label in frame.columns
-               else F.lit(None))
+    if LABEL in typed:  # a number column: only an index of SPECIES is a species
+        index = F.col(label)
+        species = F.when((index == F.floor(index)) & (index >= 0) & (index < len(SPECIES)), index)
+    elif require_label or label in frame.columns:
+        # Only data is parsed: a header's 'Species' would cost a case mapping (see case_spellings) for nothing.
+        species = F.when(F.col("kind") == "data", as_species(F.col(label)))
+    else:
+        species = F.lit(None)
     texts = [f"t_{c}" for c in [ISLAND, *MEASUREMENTS] if c not in typed] + ([label] if label in frame.columns else [])
-    parsed = frame.select(*keep, shape, *texts, *numbers, species.cast("int").alias("n_species"))
+    parsed = frame.select(*keep, shape, *texts, *numbers, species.cast("int").alias("species_index"))
     problems = [F.col(shape)]  # the first non-null of these is the record's problem
     present = {}
     for c in MEASUREMENTS:
@@ -208,9 +213,12 @@ def checked(frame, keep: list, decimal_comma: bool, require_label: bool, shape="
     columns = [F.when(~is_missing(f"t_{ISLAND}"), F.col(f"t_{ISLAND}")).alias(ISLAND)]
     columns += [F.when(present[c], F.col(f"n_{c}")).alias(c) for c in MEASUREMENTS]
     if label in frame.columns:
-        present = ~is_missing(label)
-        problems.append(F.when(present & F.col("n_species").isNull(), problem("not_a_species", LABEL, F.col(label))))
-        columns.append(F.when(present, F.col("n_species").cast("double")).alias(LABEL))
+        if LABEL in typed:
+            present, text = F.col(label).isNotNull() & ~F.isnan(F.col(label)), F.col(label).cast("string")
+        else:
+            present, text = ~is_missing(label), F.col(label)
+        problems.append(F.when(present & F.col("species_index").isNull(), problem("not_a_species", LABEL, text)))
+        columns.append(F.when(present, F.col("species_index").cast("double")).alias(LABEL))
     else:
         columns.append(F.lit(None).cast("double").alias(LABEL))
     # Blank lines and header copies are skipped, not judged.

@@ -51,7 +51,8 @@ def test_single_node_notebooks_run_and_match_the_command_line(tmp_path):
     assert "def train_one_epoch" in outputs["02_train_evaluate.py"]
     assert "Prediction:" in outputs["03_save_and_predict.py"]
     scoring = outputs["06_batch_scoring.py"]
-    assert "def score_table" in scoring and "scored 344 penguins" in scoring and "2 could not be scored" in scoring
+    assert "def score_columns" in scoring and "def scored_batches" in scoring
+    assert "scored 344 penguins" in scoring and "2 could not be scored" in scoring
     assert "|predicted_species|count|" in scoring.replace(" ", "")
     assert len(pd.read_parquet(tmp_path / "notebooks-scored")) == 344
 

@@ -48,6 +48,19 @@ def test_parquet_files_and_folders_follow_the_same_rules(tmp_path, spark):
         read_penguins_csv(tmp_path / "bad.parquet")
 
 
+@pytest.mark.parametrize("labels, bad", [([0, 1, 3], "3"), ([0.0, 2.0, 1.5], "1.5")])
+def test_a_number_species_column_in_parquet_is_an_index_of_the_species(tmp_path, labels, bad):
+    frame = pd.read_csv(DATA).dropna().head(3).assign(Species=labels)
+    frame.to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(LabError) as error:
+        read_penguins_csv(tmp_path / "bad.parquet")
+    assert str(error.value) == (f"{tmp_path / 'bad.parquet'}: row 3, column 'Species': '{bad}' is not a species; "
+                                f"expected 0, 1, 2 or a species name (Adelie, Gentoo, Chinstrap)")
+    frame.head(2).to_parquet(tmp_path / "good.parquet")
+    read, _ = read_penguins_csv(tmp_path / "good.parquet")
+    assert read["Species"].tolist() == [float(x) for x in labels[:2]]
+
+
 def test_a_damaged_parquet_file_is_one_line(tmp_path):
     data = tmp_path / "penguins.parquet"
     data.write_bytes(b"PAR1" + b"\x00" * 100)

@@ -65,6 +65,38 @@ def test_drop_invalid_leaves_out_what_cannot_be_scored(saved_model, tmp_path):
     assert frame["Island"].tolist() == ["Biscoe", "Torgersen", "dream"] and frame["reason"].isna().all()
 
 
+def test_nothing_left_to_write_is_still_a_parquet_folder_with_the_output_columns(saved_model, tmp_path):
+    data = tmp_path / "bad.csv"
+    data.write_text(HEADER + "\nMars,40,18,190,3800\nDream,-4,18,190,3800\n")
+    result = run_cli("score", "--model", str(saved_model), "--data", str(data), "--out", str(tmp_path / "scored"),
+                     "--drop-invalid")
+    assert result.returncode == 0, result.stderr
+    assert "scored 2 penguins" in result.stdout and "2 could not be scored" in result.stdout
+    frame = scored(tmp_path / "scored")
+    assert list(frame.columns) == OUTPUT and frame.empty
+
+
+def test_only_the_files_of_the_kept_task_attempts_stay(tmp_path):
+    import pyarrow.parquet as pq
+    from pyspark.sql.types import DoubleType, StringType, StructField, StructType
+
+    from penguin_lab.errors import LabError
+    from penguin_lab.score import keep_only
+
+    schema = StructType([StructField("Island", StringType()), StructField("p_Adelie", DoubleType())])
+    for name in ("part-00000-0.parquet", "part-00000-1.parquet", "part-00001-0.parquet"):
+        (tmp_path / name).write_bytes(b"written")
+    keep_only(tmp_path, [{"file": "part-00000-1.parquet"}, {"file": "part-00001-0.parquet"}, {"file": None}], schema)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_SUCCESS", "part-00000-1.parquet", "part-00001-0.parquet"]
+    with pytest.raises(LabError, match="the workers wrote part-00002-0.parquet in a folder this machine does not see"):
+        keep_only(tmp_path, [{"file": "part-00002-0.parquet"}], schema)  # a worker's local disk, not shared
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    keep_only(empty, [{"file": None}], schema)  # no partition had a record
+    table = pq.read_table(empty)
+    assert table.num_rows == 0 and table.schema.names == ["Island", "p_Adelie"]
+
+
 def test_a_parquet_input_keeps_its_species_and_every_row(saved_model, tmp_path):
     made = run_cli("synth", "--rows", "5000", "--out", str(tmp_path / "synth"), "--format", "parquet")
     assert made.returncode == 0, made.stderr
