@@ -126,8 +126,9 @@ def table_records(frame, where: str, require_label: bool):
     position = find_columns(names, require_label, where, 1, ",")
     types = dict(frame.dtypes)
     typed = {c for c, i in position.items() if c in [*MEASUREMENTS, LABEL] and types[names[i]] in NUMBER_TYPES}
-    # A number column is kept as a number (a measurement as a double; the species, an index, as it is).
-    cells = [F.col(f"`{names[i]}`").cast("double" if c in MEASUREMENTS else types[names[i]]).alias(f"n_{c}")
+    # A number column stays a number: a measurement as a double, the species (an index) as it is, so that a
+    # message shows its value as written ('1.5', not a double's 1.100000023841858 of a float 1.1).
+    cells = [(F.col(f"`{names[i]}`").cast("double") if c in MEASUREMENTS else F.col(f"`{names[i]}`")).alias(f"n_{c}")
              if c in typed else
              stripped(F.col(f"`{names[i]}`").cast("string")).alias(f"t_{c}") for c, i in position.items()]
     cells = frame.select(*PLACE, F.lit("data").alias("kind"), F.lit(False).alias("odd_quotes"), *cells,

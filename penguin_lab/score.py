@@ -10,6 +10,7 @@ driver renames into place once every task is done.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import time
 import uuid
@@ -110,27 +111,31 @@ def scored_batches(name: str, species: list):
 
 def scored_files(name: str, species: list, folder: str, drop_invalid: bool):
     """The function mapInArrow runs on each partition: its records scored (scored_batches) and written by the
-    Python worker itself as one Parquet file in `folder`, named by partition and attempt. What comes back to
-    Spark is one row: the file and its counts. The records never return to the JVM to be written there, which
-    would cost more than reading, checking and scoring them."""
+    Python worker itself as one Parquet file in `folder`, named by partition and task attempt. What comes back
+    to Spark is one row: the file and its counts. The records never return to the JVM to be written there,
+    which would cost more than reading, checking and scoring them."""
     def write(batches):
         import pyarrow as pa
         import pyarrow.compute as pc
         from pyspark import TaskContext
 
         task = TaskContext.get()
-        path = Path(folder) / f"part-{task.partitionId():05d}-{task.attemptNumber()}.parquet"
+        path = Path(folder) / f"part-{task.partitionId():05d}-{task.taskAttemptId()}.parquet"
         writer, pending, counts = None, [], {"rows": 0, "flagged": 0, "written": 0}
+        if not Path(folder).is_dir():  # not shared with the driver: its name tells the driver (keep_only)
+            yield pa.RecordBatch.from_pylist([{"file": path.name, **counts}], schema=part_schema())
+            return
         try:
             for batch in scored_batches(name, species)(batches):
-                flagged = batch.num_rows - pc.sum(pc.is_null(batch.column("reason"))).as_py()
+                flagged = batch.num_rows - batch.column("reason").null_count
                 counts["rows"] += batch.num_rows
                 counts["flagged"] += flagged
                 if drop_invalid and flagged:
                     batch = batch.filter(pc.is_null(batch.column("reason")))
                 counts["written"] += batch.num_rows
-                pending.append(batch)
-                if sum(b.nbytes for b in pending) >= ROW_GROUP_BYTES:
+                if batch.num_rows:
+                    pending.append(batch)
+                if pending and sum(b.nbytes for b in pending) >= ROW_GROUP_BYTES:
                     writer = write_row_group(writer, path, pending)
                     pending = []
             if pending:
@@ -138,9 +143,16 @@ def scored_files(name: str, species: list, folder: str, drop_invalid: bool):
         finally:
             if writer is not None:
                 writer.close()
-        yield pa.RecordBatch.from_pydict({"file": [path.name if writer is not None else None],
-                                          **{k: [v] for k, v in counts.items()}})
+        yield pa.RecordBatch.from_pylist([{"file": path.name if writer is not None else None, **counts}],
+                                         schema=part_schema())
     return write
+
+
+def part_schema():
+    """What a worker returns for its file: the mapInArrow result's declared types, exactly."""
+    import pyarrow as pa
+
+    return pa.schema([("file", pa.string()), ("rows", pa.int64()), ("flagged", pa.int64()), ("written", pa.int64())])
 
 
 def write_row_group(writer, path: Path, batches: list):
@@ -179,42 +191,47 @@ def score(spark, model: str, data, out, drop_invalid: bool = False) -> dict:
         records, files = records_of(spark, str(data), scratch, require_label=False)
         columns = [ISLAND, *MEASUREMENTS] + ([LABEL] if _has_label(spark, files) else [])
         rows = records.filter(F.col("kind") == "data").select(*columns, reason_column().alias("reason"))
-        staging = new_staging_folder(out, "scored Parquet")
+        # Workers write into `attempts`; the kept files are moved to `staging`, and `attempts` is removed before
+        # `staging` becomes `out`, so a task attempt still running (a duplicate, or one being killed) cannot
+        # write into the output.
+        attempts, staging = (new_staging_folder(out, "scored Parquet") for _ in range(2))
         try:
             # Spark 3.5 gives a Python function the workers' environment when it is made, not when it runs: both
             # happen in workers that import this package (on Databricks it is on the notebook's sys.path only).
             with workers_import_this_package(spark), arrow_batches(spark, 1 << 16):  # the model runs on whole arrays
-                parts = rows.mapInArrow(scored_files(name, predictor.species, str(staging), drop_invalid),
+                parts = rows.mapInArrow(scored_files(name, predictor.species, str(attempts), drop_invalid),
                                         "file string, rows long, flagged long, written long").collect()
-            keep_only(staging, parts, output_schema(rows.drop("reason").schema, predictor.species))
+            keep_only(attempts, staging, parts, output_schema(rows.drop("reason").schema, predictor.species))
             replace_dir(staging, out)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        finally:
+            shutil.rmtree(attempts, ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     found = {key: sum(part[key] for part in parts) for key in ("rows", "flagged", "written")}
     return {**found, "out": str(out), "seconds": round(time.perf_counter() - started, 3)}
 
 
-def keep_only(folder: Path, parts: list, schema) -> None:
-    """Leave in `folder` the files of the task attempts whose results Spark kept (a failed or duplicate attempt
-    may have left one of its own), and mark it complete as Spark does. No records at all: one empty file with
-    the output's columns, so that the folder still reads as Parquet."""
+def keep_only(attempts: Path, staging: Path, parts: list, schema) -> None:
+    """Move to `staging` the files in `attempts` of the task attempts whose results Spark kept (a failed or
+    duplicate attempt may have written one of its own), and mark `staging` complete as Spark does. No records
+    at all: one empty file with the output's columns, so that the folder still reads as Parquet."""
     import pyarrow.parquet as pq
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    kept = {part["file"] for part in parts if part["file"]}
-    unseen = sorted(kept - {path.name for path in folder.iterdir()})
+    kept = sorted({part["file"] for part in parts if part["file"]})
+    unseen = [name for name in kept if not (attempts / name).is_file()]
     if unseen:
-        raise LabError(f"{folder.parent}: the workers wrote {unseen[0]} in a folder this machine does not see; "
-                       f"expected an output folder on a file system that the driver and the workers share")
-    for path in folder.iterdir():
-        if path.name not in kept:
-            path.unlink()
+        raise LabError(f"{staging.parent}: a worker wrote {unseen[0]} in a folder this machine does not see, or "
+                       f"could not see the folder; expected an output folder on a file system that the driver and "
+                       f"the workers share")
+    for name in kept:
+        os.replace(attempts / name, staging / name)
     if not kept:
-        pq.write_table(to_arrow_schema(schema).empty_table(), folder / "part-00000-0.parquet")
-    (folder / "_SUCCESS").touch()
+        pq.write_table(to_arrow_schema(schema).empty_table(), staging / "part-00000-0.parquet")
+    (staging / "_SUCCESS").touch()
 
 
 @contextlib.contextmanager
@@ -225,9 +242,9 @@ def arrow_batches(spark, rows: int):
     settings = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(rows),
                 "spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 1)}
     before = {key: spark.conf.get(key, None) for key in settings}
-    for key, value in settings.items():
-        spark.conf.set(key, value)
     try:
+        for key, value in settings.items():
+            spark.conf.set(key, value)
         yield
     finally:
         for key, value in before.items():
@@ -255,8 +272,6 @@ def _has_label(spark, files) -> bool:
 
 def check_score_output(out: Path) -> Path:
     """A new folder, or one this command wrote before (Parquet part files only): nobody's data is replaced."""
-    import os
-
     out = Path(os.path.abspath(out))
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise LabError(f"{out}: exists and is not a folder; expected a new folder for the scored Parquet")

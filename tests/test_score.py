@@ -84,15 +84,19 @@ def test_only_the_files_of_the_kept_task_attempts_stay(tmp_path):
     from penguin_lab.score import keep_only
 
     schema = StructType([StructField("Island", StringType()), StructField("p_Adelie", DoubleType())])
-    for name in ("part-00000-0.parquet", "part-00000-1.parquet", "part-00001-0.parquet"):
-        (tmp_path / name).write_bytes(b"written")
-    keep_only(tmp_path, [{"file": "part-00000-1.parquet"}, {"file": "part-00001-0.parquet"}, {"file": None}], schema)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["_SUCCESS", "part-00000-1.parquet", "part-00001-0.parquet"]
-    with pytest.raises(LabError, match="the workers wrote part-00002-0.parquet in a folder this machine does not see"):
-        keep_only(tmp_path, [{"file": "part-00002-0.parquet"}], schema)  # a worker's local disk, not shared
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    keep_only(empty, [{"file": None}], schema)  # no partition had a record
+    attempts, staging, empty = (tmp_path / name for name in ("attempts", "staging", "empty"))
+    for folder in (attempts, staging, empty):
+        folder.mkdir()
+    for name in ("part-00000-3.parquet", "part-00000-7.parquet", "part-00001-4.parquet"):
+        (attempts / name).write_bytes(b"written")
+    with pytest.raises(LabError, match="a worker wrote part-00002-9.parquet in a folder this machine does not see"):
+        keep_only(attempts, staging, [{"file": "part-00002-9.parquet"}], schema)  # a worker's own disk, not shared
+    assert not list(staging.iterdir())
+    keep_only(attempts, staging, [{"file": "part-00000-7.parquet"}, {"file": "part-00001-4.parquet"}, {"file": None}],
+              schema)
+    assert sorted(p.name for p in staging.iterdir()) == ["_SUCCESS", "part-00000-7.parquet", "part-00001-4.parquet"]
+    assert [p.name for p in attempts.iterdir()] == ["part-00000-3.parquet"]  # a lost attempt's, removed with it
+    keep_only(attempts, empty, [{"file": None}], schema)  # no partition had a record
     table = pq.read_table(empty)
     assert table.num_rows == 0 and table.schema.names == ["Island", "p_Adelie"]
 
