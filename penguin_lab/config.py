@@ -58,3 +58,7 @@ class TrainConfig:
 import os  # noqa: E402  (kept with the setting it serves)
 
 TRAIN_MEMORY_BUDGET_BYTES = int(os.environ.get("PENGUIN_LAB_TRAIN_MEMORY_BYTES", 64 << 20))
+
+# Row groups of the Parquet penguin-lab writes (prepared sets, scored records): training streams a large set
+# one group at a time, so small groups keep its memory the same at any size.
+ROW_GROUP_BYTES = 8 << 20

@@ -15,14 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import FEATURES, ISLAND, LABEL, MEASUREMENTS, SCALE, SPECIES, TrainConfig, no_standardization
+from .config import (FEATURES, ISLAND, LABEL, MEASUREMENTS, ROW_GROUP_BYTES, SCALE, SPECIES, TrainConfig,
+                     no_standardization)
 from .errors import LabError
 from .spark import shared_temporary_folder, spark_path
 from .split import spark_split
 
 VALUES = [ISLAND, *MEASUREMENTS, LABEL]
-# Training streams a large set one row group at a time: small groups keep its memory the same at any size.
-PREPARED_ROW_GROUP_BYTES = 8 << 20
 # A grouping task's hash table of this many rows stays in memory; a larger one spills and sorts.
 ROWS_PER_GROUPING_TASK = 250_000
 
@@ -156,7 +155,7 @@ def write_split(split, folder: Path) -> tuple[str, str]:
     for name, side in (("train", ~F.col("is_test")), ("test", F.col("is_test"))):
         target = str(folder / name)
         (split.filter(side).select("Row", *FEATURES, LABEL).write.mode("overwrite")
-         .option("parquet.block.size", PREPARED_ROW_GROUP_BYTES).parquet(spark_path(target)))
+         .option("parquet.block.size", ROW_GROUP_BYTES).parquet(spark_path(target)))
         paths.append(target)
     return paths[0], paths[1]
 

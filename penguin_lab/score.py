@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 from .artifacts import METADATA_FILE, WEIGHTS_FILE
-from .config import ISLAND, LABEL, MEASUREMENTS
+from .config import ISLAND, LABEL, MEASUREMENTS, ROW_GROUP_BYTES
 from .errors import LabError
 
 # What a broken rule means, in the reason column (the CLI's messages name a row; here the row is the record).
@@ -25,7 +25,6 @@ PHRASES = {"long_line": "the line is too long for a CSV row", "unclosed_quote": 
            "text_after_quote": "text after the closing quote of a field", "too_few_fields": "too few fields",
            "too_many_fields": "too many fields", "not_a_number": "is not a number",
            "impossible": "is not a possible measurement", "not_a_species": "is not a species"}
-ROW_GROUP_BYTES = 8 << 20  # of scored Parquet, as of the prepared sets: enough for a reader to work on whole columns
 _PREDICTORS = {}  # per Python worker: the model, loaded on the first batch
 
 

@@ -181,8 +181,8 @@ def checked(frame, keep: list, decimal_comma: bool, require_label: bool, shape="
 
     `typed` names measurements (or the species) that are numbers already (a Parquet number column
     `n_<column>` in `frame`, instead of text): the same rules, without turning each number into text and
-    back. NaN is missing, as the text 'nan' is. Each value is parsed once, in its own step: Spark computes a named column once,
-    where one large expression would repeat every parse in every check."""
+    back. NaN is missing, as the text 'nan' is. Each value is parsed once, in its own step: Spark computes a
+    named column once, where one large expression would repeat every parse in every check."""
     from pyspark.sql import functions as F
 
     typed = typed or {}
