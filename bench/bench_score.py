@@ -6,7 +6,7 @@ Each size is scored by the real command in a fresh process, the fastest of N run
 short wall times is otherwise at the mercy of one slow start). Fixed costs (the JVM, the session, the model's
 load) cancel out in the difference between the two sizes: the marginal throughput is the extra rows over
 the extra wall time. The floor is plain PyTorch inference over the same number of rows, in this process, on
-one thread. Goal: the marginal throughput is at least a quarter of that floor.
+one thread, the best of as many runs. Goal: the marginal throughput is at least a quarter of that floor.
 """
 
 from __future__ import annotations
@@ -75,11 +75,14 @@ def main() -> None:
             print(f"{rows:>11,} rows: {seconds[rows]:6.1f} s wall ({rows / seconds[rows] / 1e6:5.2f}M rows/s, "
                   f"fixed costs included; runs {', '.join(f'{r:.1f}' for r in runs)} s)", flush=True)
         marginal = (large - small) / (seconds[large] - seconds[small])
-        floor = forward_rows_per_second(model, large)
+        # The floor is measured as the scoring is: the best of --repeat runs, each as long as the large size.
+        floors = [forward_rows_per_second(model, large) for _ in range(args.repeat)]
+        floor = max(floors)
         verdict = "met" if marginal >= floor / 4 else "NOT met"
         print(f"marginal: {marginal / 1e6:.2f}M rows/s ({large - small:,} rows in "
               f"{seconds[large] - seconds[small]:.1f} s)")
-        print(f"floor: PyTorch forward alone, 1 thread, {floor / 1e6:.2f}M rows/s; marginal / floor "
+        print(f"floor: PyTorch forward alone, 1 thread, {floor / 1e6:.2f}M rows/s (best of "
+              f"{', '.join(f'{f / 1e6:.2f}' for f in floors)}); marginal / floor "
               f"{marginal / floor:.2f} (goal >= 0.25: {verdict})")
     finally:
         if not args.work:

@@ -120,7 +120,7 @@ def cmd_score(args) -> int:
     from .score import score
     from .spark import LARGE_INPUT_BYTES, get_spark, input_bytes
 
-    spark = get_spark(large_input=input_bytes(args.data) >= LARGE_INPUT_BYTES)
+    spark = get_spark(large_input=input_bytes(args.data) >= LARGE_INPUT_BYTES, torch_workers=True)
     result = score(spark, args.model, args.data, args.out, drop_invalid=args.drop_invalid)
     flagged = (f"{result['flagged']} could not be scored and were dropped" if args.drop_invalid else
                f"{result['flagged']} could not be scored (see their reason column)")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .config import ISLAND, LABEL, MEASUREMENTS
 from .errors import LabError
-from .records import (COLUMNS, PLACE, Numbering, csv_records, lines_of, merge_quoted_lines, position,
+from .records import (COLUMNS, PLACE, Numbering, csv_records, lines_of, merge_quoted_lines, placed, same_layout,
                       table_records, union)
 from .sniff import sniff_csv
 from .spark import spark_path
@@ -50,15 +50,31 @@ def _is_parquet(path: Path) -> bool:
         return False
 
 
-def _check_parquet_footer(path: Path) -> None:
-    """A file that starts like Parquet but whose footer cannot be read is refused before Spark tries."""
+def _parquet_columns(path: Path) -> tuple:
+    """The names and types of a Parquet file's columns, from its footer; a file that starts like Parquet but
+    whose footer cannot be read is refused before Spark tries."""
     import pyarrow.parquet as pq
 
     try:
-        pq.read_metadata(path)
+        schema = pq.read_schema(path)
     except Exception as e:  # pyarrow raises several types for damaged files
         raise LabError(f"{path}: not a valid Parquet file ({str(e).splitlines()[0][:120]}); "
                        f"expected a CSV or Parquet file") from None
+    return tuple((column.name, str(column.type)) for column in schema)
+
+
+def _parquet(spark, files: list, require_label: bool):
+    """(records, lines) of Parquet files: one scan for all the files with the same columns and types."""
+    same_columns = {}
+    for index, f in enumerate(files):
+        same_columns.setdefault(_parquet_columns(f), []).append(index)
+    records, lines = [], []
+    for indexes in same_columns.values():
+        paths = [files[i] for i in indexes]
+        frame = placed(spark.read.parquet(*[spark_path(str(p)) for p in paths]), paths, indexes)
+        records.append(table_records(frame, str(paths[0]), require_label))
+        lines.append(frame.select(*PLACE))
+    return union(records), union(lines)
 
 
 def _data_files(folder: Path) -> list:
@@ -173,8 +189,6 @@ def records_of(spark, path, scratch: Path, require_label: bool = True):
 
 def _sources(spark, path: str, scratch: Path, require_label: bool):
     """(records, lines, files) for a path: CSV, Parquet (file or folder), a Delta folder or a table name."""
-    from pyspark.sql import functions as F
-
     local = Path(path)
     if not local.exists() and _TABLE_NAME.match(path) and not path.lower().endswith((".csv", ".parquet", ".txt")):
         return _table(spark, path, spark.read.table(path), require_label)
@@ -184,18 +198,14 @@ def _sources(spark, path: str, scratch: Path, require_label: bool):
     if local.is_dir() and not files:
         raise LabError(f"{path}: is a folder; expected a CSV file")  # or a folder holding CSV or Parquet files
     if all(_is_parquet(f) for f in files):
-        for f in files:
-            _check_parquet_footer(f)
-        where = [str(f) for f in files]
-        frames = [spark.read.parquet(spark_path(str(f))).select(
-            F.lit(i).alias("file"), F.col("_metadata.file_block_start").alias("block"),
-            position(i).alias("pos"), "*") for i, f in enumerate(files)]
-        records = [table_records(frame, str(f), require_label) for frame, f in zip(frames, files)]
-        return union(records), union([frame.select(*PLACE) for frame in frames]), where
+        records, lines = _parquet(spark, files, require_label)
+        return records, lines, [str(f) for f in files]
     csvs = [sniff_csv(f, scratch, require_label, where=path if f is local else str(f)) for f in files]
-    # Each file is parsed with its own header; the numbering sees the same scans in the same order.
-    per_file = lines_of(spark, csvs)
-    return union([csv_records(lines, f, require_label) for lines, f in zip(per_file, csvs)]), union(per_file), csvs
+    # Each group of files is parsed with its own header; the numbering sees the same scans in the same order.
+    groups = same_layout(csvs)
+    scans = lines_of(spark, csvs, groups)
+    return union([csv_records(lines, csvs[group[0]], require_label) for lines, group in zip(scans, groups)]), \
+        union(scans), csvs
 
 
 def _table(spark, where: str, frame, require_label: bool):
@@ -239,7 +249,8 @@ def _temporary_folder() -> Path:
 def _csv_union(lines, files, require_label):
     from pyspark.sql import functions as F
 
-    return union([csv_records(lines.filter(F.col("file") == i), f, require_label) for i, f in enumerate(files)])
+    return union([csv_records(lines.filter(F.col("file").isin(group)), files[group[0]], require_label)
+                  for group in same_layout(files)])
 
 
 def _check(penguins: Penguins, drop_invalid: bool) -> None:

@@ -8,6 +8,7 @@ those (Numbering) only when a message or a caller needs them.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from .config import ISLAND, LABEL, MEASUREMENTS
 from .errors import LabError
@@ -28,20 +29,68 @@ MAYBE_WHITESPACE = "[\\x00-\\x20\\x7f-\\x{10ffff}]"
 MAX_QUOTED_LINES = 1_000_000
 
 
-def lines_of(spark, files: list) -> list:
-    """The lines of each CSV file, with its file index, block and position in the block."""
+def same_layout(files: list) -> list:
+    """The indexes of CSV files that one scan reads and one set of expressions parses: the same header, delimiter
+    and `sep=` line, in the same folder (a folder's file names differ, and name each record's file)."""
+    groups = {}
+    for i, f in enumerate(files):
+        layout = (str(Path(f.text_path).parent), f.delimiter, f.header_text, tuple(f.header),
+                  tuple(f.position.items()), f.sep_line)
+        groups.setdefault(layout, []).append(i)
+    return list(groups.values())
+
+
+def lines_of(spark, files: list, groups: list) -> list:
+    """The lines of each group of CSV files (same_layout), one scan each: file index, block, position, value."""
+    return [placed(spark.read.text([spark_path(files[i].text_path) for i in group]),
+                   [files[i].text_path for i in group], group) for group in groups]
+
+
+def position(file_index):
+    """A record's number: unique over every file read, and growing in file order. `file_index` is a number, or
+    the column that holds it."""
+    from pyspark.sql import Column
     from pyspark.sql import functions as F
 
-    return [spark.read.text(spark_path(f.text_path)).select(
-        F.lit(i).alias("file"), F.col("_metadata.file_block_start").alias("block"),
-        position(i).alias("pos"), "value") for i, f in enumerate(files)]
-
-
-def position(file_index: int):
-    """A record's number: unique over every file read, and growing in file order."""
-    from pyspark.sql import functions as F
-
+    if isinstance(file_index, Column):
+        return F.shiftleft(file_index.cast("long"), FILE_BITS) + F.monotonically_increasing_id()
     return F.lit(file_index << FILE_BITS) + F.monotonically_increasing_id()
+
+
+def placed(scan, paths: list, indexes: list):
+    """One scan of several files (`paths`, whose indexes in the input are `indexes`) with each record's PLACE
+    in front. One scan, not one per file: Spark would plan and compile a query's expressions once per file."""
+    from pyspark.sql import functions as F
+
+    file = F.lit(indexes[0]) if len(indexes) == 1 else _file_index(scan, paths, indexes)
+    with_file = scan.select(file.alias("file"), F.col("_metadata.file_block_start").alias("block"), "*")
+    return with_file.select("file", "block", position(F.col("file")).alias("pos"),
+                            *[with_file[c] for c in with_file.columns if c not in ("file", "block")])
+
+
+def _file_index(scan, paths: list, indexes: list):
+    """The index of the file each record of `scan` comes from, found by the file's name as Spark spells it
+    (URI-quoted; the names of one folder's files differ): a binary search over the sorted names, a few
+    comparisons per record however many files there are."""
+    from urllib.parse import unquote, urlsplit
+
+    from pyspark.sql import functions as F
+
+    quoted = [urlsplit(uri).path.rsplit("/", 1)[-1] for uri in scan.inputFiles()]
+    spelled = {unquote(name): name for name in quoted}
+    unknown = [p for p in paths if Path(p).name not in spelled]
+    if unknown:
+        raise LabError(f"{unknown[0]}: Spark does not list this file under its name (is the name valid UTF-8?); "
+                       f"expected files that Spark can read")
+    found = sorted((spelled[Path(p).name], i) for p, i in zip(paths, indexes))
+
+    def search(pairs):
+        if len(pairs) == 1:
+            return F.lit(pairs[0][1])
+        middle = len(pairs) // 2
+        return F.when(F.col("_metadata.file_name") < pairs[middle][0], search(pairs[:middle])).otherwise(
+            search(pairs[middle:]))
+    return search(found)
 
 
 def union(frames: list):

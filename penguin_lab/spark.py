@@ -79,8 +79,9 @@ def input_bytes(path) -> int:
     return 0
 
 
-def get_spark(record_archive: Path | None = None, large_input: bool = False):
-    """The active session (a Databricks notebook's `spark`), or a new embedded local one."""
+def get_spark(record_archive: Path | None = None, large_input: bool = False, torch_workers: bool = False):
+    """The active session (a Databricks notebook's `spark`), or a new embedded local one. `torch_workers`: its
+    Python workers run PyTorch (batch scoring), so they start with it imported (torch_daemon)."""
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
@@ -111,6 +112,8 @@ def get_spark(record_archive: Path | None = None, large_input: bool = False):
         # A few hundred rows: interpreting each query's expressions is faster than generating and compiling
         # its code, which a short run would use for milliseconds.
         conf.setAll(INTERPRETED.items())
+    if torch_workers:
+        conf.set("spark.python.daemon.module", "penguin_lab.torch_daemon")
     if os.environ.get("PENGUIN_LAB_DRIVER_MEMORY"):  # the heap is fixed when spark-submit starts the JVM
         conf.set("spark.driver.memory", os.environ["PENGUIN_LAB_DRIVER_MEMORY"])
     cluster = re.fullmatch(r"local-cluster\[\s*\d+\s*,\s*\d+\s*,\s*(\d+)\s*\]", master)

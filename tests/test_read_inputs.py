@@ -48,6 +48,34 @@ def test_parquet_files_and_folders_follow_the_same_rules(tmp_path, spark):
         read_penguins_csv(tmp_path / "bad.parquet")
 
 
+def test_a_parquet_folder_is_one_scan_that_still_knows_each_record_s_file_and_row(tmp_path, spark):
+    # Names Spark spells quoted in its paths (space, %, +, brackets, braces, beyond ASCII), and one file with other
+    # column types and order: two scans, each record still placed in its own file.
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    frame = pd.read_csv(DATA)
+    names = ["a b.parquet", "c%41.parquet", "x+y.parquet", "z{1}.parquet", "é[1].parquet"]
+    chunks = [frame.iloc[60 * k:60 * (k + 1)].copy() for k in range(len(names))]
+    chunks[3] = chunks[3][["Species", "BodyMass", "Island", "CulmenLength", "CulmenDepth", "FlipperLength"]]
+    chunks[3]["BodyMass"] = chunks[3]["BodyMass"].astype("float32")
+    chunks[4].loc[chunks[4].index[10], "BodyMass"] = -1.0  # row 11 of the last file by name
+    chunks[2].loc[chunks[2].index[20], "CulmenDepth"] = -2.0  # row 21 of x+y.parquet: the first in file order
+    for name, chunk in zip(names, chunks):
+        chunk.to_parquet(folder / name, index=False)
+    with pytest.raises(LabError) as error:
+        read_penguins(spark, folder)
+    assert str(error.value).startswith(f"{folder / 'x+y.parquet'}: row 21, column 'CulmenDepth': '-2.0' is not a")
+    (folder / "x+y.parquet").unlink()
+    with pytest.raises(LabError) as error:
+        read_penguins(spark, folder)
+    assert str(error.value).startswith(f"{folder / 'é[1].parquet'}: row 11, column 'BodyMass': '-1.0' is not a")
+    penguins = read_penguins(spark, folder, drop_invalid=True)
+    per_file = {r["file"]: r["n"] for r in penguins.valid().groupBy("file").count().withColumnRenamed("count", "n")
+                .collect()}
+    assert per_file == {0: 60, 1: 60, 2: 60, 3: 59}  # the invalid row of é[1].parquet dropped
+    assert penguins.files[2] == str(folder / "z{1}.parquet") and penguins.summary.invalid_rows == 1
+
+
 @pytest.mark.parametrize("labels, bad", [([0, 1, 3], "3"), ([0.0, 2.0, 1.5], "1.5")])
 def test_a_number_species_column_in_parquet_is_an_index_of_the_species(tmp_path, labels, bad):
     frame = pd.read_csv(DATA).dropna().head(3).assign(Species=labels)

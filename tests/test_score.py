@@ -112,6 +112,18 @@ def test_a_parquet_input_keeps_its_species_and_every_row(saved_model, tmp_path):
     assert set(frame["predicted_species"]) <= {"Adelie", "Gentoo", "Chinstrap"}
 
 
+@pytest.mark.parametrize("torch_workers", [True, False])
+def test_scoring_s_python_workers_start_with_pytorch_imported(torch_workers):
+    # What a task finds already imported in its forked worker: PyTorch, for score's session only.
+    code = ("import sys\nfrom penguin_lab.spark import get_spark\n"
+            f"spark = get_spark(torch_workers={torch_workers})\n"
+            "print(spark.sparkContext.parallelize([0], 1).map(lambda _: 'torch' in sys.modules).collect())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO,
+                            env={**os.environ, "PENGUIN_LAB_SPARK_MASTER": "local[1]"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == f"[{torch_workers}]"
+
+
 def test_an_output_folder_holding_other_files_is_refused_and_kept(saved_model, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
