@@ -70,9 +70,8 @@ def _parquet(spark, files: list, require_label: bool):
         same_columns.setdefault(_parquet_columns(f), []).append(index)
     records, lines = [], []
     for indexes in same_columns.values():
-        paths = [files[i] for i in indexes]
-        frame = placed(spark.read.parquet(*[spark_path(str(p)) for p in paths]), paths, indexes)
-        records.append(table_records(frame, str(paths[0]), require_label))
+        frame = placed(lambda paths: spark.read.parquet(*paths), [files[i] for i in indexes], indexes)
+        records.append(table_records(frame, str(files[indexes[0]]), require_label))
         lines.append(frame.select(*PLACE))
     return union(records), union(lines)
 
@@ -204,8 +203,7 @@ def _sources(spark, path: str, scratch: Path, require_label: bool):
     # Each group of files is parsed with its own header; the numbering sees the same scans in the same order.
     groups = same_layout(csvs)
     scans = lines_of(spark, csvs, groups)
-    return union([csv_records(lines, csvs[group[0]], require_label) for lines, group in zip(scans, groups)]), \
-        union(scans), csvs
+    return _csv_records(scans, csvs, groups, require_label), union(scans), csvs
 
 
 def _table(spark, where: str, frame, require_label: bool):
@@ -228,7 +226,7 @@ def read_penguins(spark, path, scratch: Path | None = None, require_label: bool 
     numbering = Numbering(lines)
     summary, valid_path = summarize(records, scratch)
     if summary.odd_quote_lines:
-        records = _csv_union(merge_quoted_lines(spark, lines, numbering, files), files, require_label)
+        records = _csv_merged(merge_quoted_lines(spark, lines, numbering, files), files, require_label)
         summary, valid_path = summarize(records, scratch)
     penguins = Penguins(path, records, summary, numbering, files, valid_path)
     _check(penguins, drop_invalid)
@@ -246,11 +244,17 @@ def _temporary_folder() -> Path:
     return folder
 
 
-def _csv_union(lines, files, require_label):
+def _csv_merged(lines, files, require_label):
+    """The records of CSV lines whose quoted line breaks are joined (merge_quoted_lines)."""
     from pyspark.sql import functions as F
 
-    return union([csv_records(lines.filter(F.col("file").isin(group)), files[group[0]], require_label)
-                  for group in same_layout(files)])
+    groups = same_layout(files)
+    return _csv_records([lines.filter(F.col("file").isin(group)) for group in groups], files, groups, require_label)
+
+
+def _csv_records(scans: list, files: list, groups: list, require_label: bool):
+    """The records of each group's lines, parsed by the header of its first file (the same for all of them)."""
+    return union([csv_records(lines, files[group[0]], require_label) for lines, group in zip(scans, groups)])
 
 
 def _check(penguins: Penguins, drop_invalid: bool) -> None:

@@ -18,8 +18,8 @@ from .validate import MAX_LINE_CHARS, PROBLEM_TYPE, checked, folded, message, no
 
 COLUMNS = [ISLAND, *MEASUREMENTS, LABEL]
 PLACE = ["file", "block", "pos"]
-# Spark numbers records within each file's scan; the file's index above those bits makes `pos` unique and in
-# file order across files (a file would need 2**15 blocks, 4 TB, to reach them).
+# Spark numbers the records of a scan by partition; the file's index above those bits makes `pos` unique and in
+# file order across files (a scan would need 2**15 partitions, 4 TB, to reach them).
 FILE_BITS = 48
 # Parquet and table columns of these types hold numbers already: checked as numbers, not as text.
 NUMBER_TYPES = {"double", "float", "int", "bigint", "smallint", "tinyint"}
@@ -42,55 +42,61 @@ def same_layout(files: list) -> list:
 
 def lines_of(spark, files: list, groups: list) -> list:
     """The lines of each group of CSV files (same_layout), one scan each: file index, block, position, value."""
-    return [placed(spark.read.text([spark_path(files[i].text_path) for i in group]),
-                   [files[i].text_path for i in group], group) for group in groups]
+    return [placed(spark.read.text, [files[i].text_path for i in group], group) for group in groups]
 
 
-def position(file_index):
-    """A record's number: unique over every file read, and growing in file order. `file_index` is a number, or
-    the column that holds it."""
-    from pyspark.sql import Column
+def placed(read, paths: list, indexes: list):
+    """The files at `paths` (whose indexes in the input are `indexes`), read by `read` (Spark paths -> DataFrame)
+    in one scan, with each record's PLACE in front: Spark would plan and compile a query's expressions once
+    per scan. A scan tells its files apart by name, so files whose names are the same once symlinks are
+    followed (two links to one file) are read by scans of their own."""
+    if max(indexes) >= 1 << (63 - FILE_BITS):
+        raise LabError(f"{Path(paths[0]).parent}: more than {1 << (63 - FILE_BITS)} files; expected fewer")
+    scans = []  # per scan: the resolved name of each of its files -> (path, index)
+    for path, index in zip(paths, indexes):
+        name = Path(path).resolve().name
+        scan = next((files for files in scans if name not in files), None)
+        if scan is None:
+            scans.append(scan := {})
+        scan[name] = (path, index)
+    return union([_placed_scan(read([spark_path(str(path)) for path, _ in files.values()]), files)
+                  for files in scans])
+
+
+def _placed_scan(scan, files: dict):
     from pyspark.sql import functions as F
 
-    if isinstance(file_index, Column):
-        return F.shiftleft(file_index.cast("long"), FILE_BITS) + F.monotonically_increasing_id()
-    return F.lit(file_index << FILE_BITS) + F.monotonically_increasing_id()
-
-
-def placed(scan, paths: list, indexes: list):
-    """One scan of several files (`paths`, whose indexes in the input are `indexes`) with each record's PLACE
-    in front. One scan, not one per file: Spark would plan and compile a query's expressions once per file."""
-    from pyspark.sql import functions as F
-
-    file = F.lit(indexes[0]) if len(indexes) == 1 else _file_index(scan, paths, indexes)
+    indexes = [index for _, index in files.values()]
+    file = F.lit(indexes[0]) if len(indexes) == 1 else _file_index(scan, files)
     with_file = scan.select(file.alias("file"), F.col("_metadata.file_block_start").alias("block"), "*")
-    return with_file.select("file", "block", position(F.col("file")).alias("pos"),
+    pos = F.shiftleft(F.col("file").cast("long"), FILE_BITS) + F.monotonically_increasing_id()
+    return with_file.select("file", "block", pos.alias("pos"),
                             *[with_file[c] for c in with_file.columns if c not in ("file", "block")])
 
 
-def _file_index(scan, paths: list, indexes: list):
-    """The index of the file each record of `scan` comes from, found by the file's name as Spark spells it
-    (URI-quoted; the names of one folder's files differ): a binary search over the sorted names, a few
-    comparisons per record however many files there are."""
+def _file_index(scan, files: dict):
+    """The index of the file each record of `scan` comes from (`files`: name -> (path, index)), found by the
+    file's name as Spark spells it (URI-quoted): a binary search over the sorted names, a few comparisons per
+    record however many files there are. A name the search does not end on is an error, never a wrong file."""
     from urllib.parse import unquote, urlsplit
 
     from pyspark.sql import functions as F
 
-    quoted = [urlsplit(uri).path.rsplit("/", 1)[-1] for uri in scan.inputFiles()]
-    spelled = {unquote(name): name for name in quoted}
-    unknown = [p for p in paths if Path(p).name not in spelled]
+    quoted = {unquote(name): name for name in (urlsplit(uri).path.rsplit("/", 1)[-1] for uri in scan.inputFiles())}
+    unknown = [path for name, (path, _) in files.items() if name not in quoted]
     if unknown:
         raise LabError(f"{unknown[0]}: Spark does not list this file under its name (is the name valid UTF-8?); "
                        f"expected files that Spark can read")
-    found = sorted((spelled[Path(p).name], i) for p, i in zip(paths, indexes))
+    name = F.col("_metadata.file_name")
 
-    def search(pairs):
-        if len(pairs) == 1:
-            return F.lit(pairs[0][1])
-        middle = len(pairs) // 2
-        return F.when(F.col("_metadata.file_name") < pairs[middle][0], search(pairs[:middle])).otherwise(
-            search(pairs[middle:]))
-    return search(found)
+    def search(found):
+        if len(found) == 1:
+            (spelled, plain, index), = found
+            return F.when(name.isin(spelled, plain), F.lit(index)).otherwise(
+                F.raise_error(F.concat(F.lit("a record of "), name, F.lit(f" was taken for one of {plain}"))))
+        middle = len(found) // 2
+        return F.when(name < found[middle][0], search(found[:middle])).otherwise(search(found[middle:]))
+    return search(sorted((quoted[plain], plain, index) for plain, (_, index) in files.items()))
 
 
 def union(frames: list):

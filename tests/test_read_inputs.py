@@ -33,6 +33,23 @@ def test_an_error_in_a_folder_names_the_file_and_its_line(tmp_path):
     assert str(error.value).startswith(f"{folder / 'part-1.csv'}: row 3, column 'CulmenDepth': 'x' is not a number")
 
 
+def test_symlinked_files_are_each_known_by_the_name_in_the_folder(tmp_path):
+    # Spark reads a link's target: links named unlike their targets, and two links to one file, are still told apart.
+    targets, folder = tmp_path / "targets", tmp_path / "links"
+    targets.mkdir()
+    folder.mkdir()
+    (targets / "x.csv").write_text(HEADER + "Torgersen,39.1,18.7,181,3750,0\n")
+    (targets / "y.csv").write_text(HEADER + "Biscoe,46.1,13.2,211,4500,1\nDream,46.5,x,192,3500,2\n")
+    for link, target in (("a.csv", "y.csv"), ("b.csv", "x.csv"), ("c.csv", "x.csv")):
+        (folder / link).symlink_to(targets / target)
+    with pytest.raises(LabError) as error:
+        read_penguins_csv(folder)
+    assert str(error.value).startswith(f"{folder / 'a.csv'}: row 3, column 'CulmenDepth': 'x' is not a number")
+    (targets / "y.csv").write_text(HEADER + "Biscoe,46.1,13.2,211,4500,1\nDream,46.5,17.9,192,3500,2\n")
+    frame, _ = read_penguins_csv(folder)
+    assert sorted(frame["Island"]) == ["Biscoe", "Dream", "Torgersen", "Torgersen"]
+
+
 def test_parquet_files_and_folders_follow_the_same_rules(tmp_path, spark):
     frame = pd.read_csv(DATA)
     frame.to_parquet(tmp_path / "penguins.parquet")
