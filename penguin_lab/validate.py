@@ -86,7 +86,15 @@ def stripped(column, also: str = ""):
     """The value without the white space around it (and the characters `also`), as str.strip() does."""
     from pyspark.sql import functions as F
 
-    return F.btrim(column, F.lit(WHITESPACE + also))
+    trimmed = F.btrim(column, F.lit(WHITESPACE + also))
+    if also:
+        return trimmed
+    # Trimming by a set of characters costs Spark several times more than comparing: only a value whose first or
+    # last character may be white space (a control character, a space or beyond ASCII, as every character of
+    # WHITESPACE is) is trimmed. Strings compare by their UTF-8 bytes, so `< "!"` is a first byte below 0x21.
+    last = F.substring(column, -1, 1)
+    maybe_spaced = (column < "!") | (column >= "\x7f") | (last < "!") | (last >= "\x7f")
+    return F.when(maybe_spaced, trimmed).otherwise(column)
 
 
 def case_spellings(words) -> list:

@@ -148,3 +148,14 @@ def test_rows_of_every_file_in_a_folder_keep_distinct_ids(tmp_path, spark):
     prepared = prepare_splits(spark, read_penguins(spark, folder), TrainConfig())
     assert prepared.counts["train_rows"] + prepared.counts["test_rows"] == 342
     assert len(prepared.x_train) == prepared.counts["train_rows"]  # reading the Parquet checks ids are unique
+
+
+def test_white_space_is_stripped_from_both_ends_and_nothing_else(spark):
+    from pyspark.sql import functions as F
+
+    from penguin_lab.validate import WHITESPACE, stripped
+
+    values = [f"{before}Dream{after}" for before in ["", *WHITESPACE] for after in ["", *WHITESPACE]]
+    values += ["é", "aé", "Biscoe", "", WHITESPACE, f"x{WHITESPACE}y", "\x7fDream", "!", "~"]
+    rows = spark.createDataFrame([(v,) for v in values], "v string").select(stripped(F.col("v")).alias("s")).collect()
+    assert [row["s"] for row in rows] == [v.strip(WHITESPACE) for v in values]  # str.strip's and a byte order mark
