@@ -18,7 +18,7 @@ import numpy as np
 from .config import (FEATURES, ISLAND, LABEL, MEASUREMENTS, ROW_GROUP_BYTES, SCALE, SPECIES, TrainConfig,
                      no_standardization)
 from .errors import LabError
-from .spark import shared_temporary_folder, spark_path
+from .spark import read_parquet, shared_temporary_folder, spark_path, write_parquet
 from .split import spark_split
 
 VALUES = [ISLAND, *MEASUREMENTS, LABEL]
@@ -154,8 +154,8 @@ def write_split(split, folder: Path) -> tuple[str, str]:
     paths = []
     for name, side in (("train", ~F.col("is_test")), ("test", F.col("is_test"))):
         target = str(folder / name)
-        (split.filter(side).select("Row", *FEATURES, LABEL).write.mode("overwrite")
-         .option("parquet.block.size", ROW_GROUP_BYTES).parquet(spark_path(target)))
+        write_parquet(split.filter(side).select("Row", *FEATURES, LABEL), spark_path(target),
+                      **{"parquet.block.size": ROW_GROUP_BYTES})
         paths.append(target)
     return paths[0], paths[1]
 
@@ -173,8 +173,8 @@ def overlap_join(spark, train_path: str, test_path: str) -> int:
     """Test rows whose features and label also occur in training (a Spark join): answers the model has seen.
 
     A semi join counts each test row once, however many training rows match it: no distinct() needed."""
-    train = spark.read.parquet(spark_path(train_path)).select(*FEATURES, LABEL)
-    test = spark.read.parquet(spark_path(test_path)).select(*FEATURES, LABEL)
+    train = read_parquet(spark, spark_path(train_path)).select(*FEATURES, LABEL)
+    test = read_parquet(spark, spark_path(test_path)).select(*FEATURES, LABEL)
     return test.join(train, [*FEATURES, LABEL], "left_semi").count()
 
 
@@ -183,7 +183,7 @@ def side_counts(spark, path: str) -> dict:
 
     if not any(Path(path).glob("*.parquet")):
         return {}
-    counted = spark.read.parquet(spark_path(path)).groupBy(LABEL).agg(F.count("*").alias("n")).collect()
+    counted = read_parquet(spark, spark_path(path)).groupBy(LABEL).agg(F.count("*").alias("n")).collect()
     return {int(row[LABEL]): int(row["n"]) for row in counted}
 
 
@@ -200,8 +200,8 @@ def prepare(spark, penguins, config: TrainConfig, folder: Path) -> PreparedData:
     # The split's two small jobs and the writes of both sides read the unique rows: written once, in the
     # order training will see them.
     unique_path = spark_path(str(folder / ".unique"))
-    shuffled(encoded, config.seed).write.mode("overwrite").parquet(unique_path)
-    split = spark_split(spark.read.parquet(unique_path), config.test_fraction, config.seed)
+    write_parquet(shuffled(encoded, config.seed), unique_path)
+    split = spark_split(read_parquet(spark, unique_path), config.test_fraction, config.seed)
     statistics = standardization(split) if config.standardize else no_standardization()
     train_path, test_path = write_split(standardize(split, statistics), folder)
     shutil.rmtree(folder / ".unique", ignore_errors=True)

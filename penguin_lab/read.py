@@ -16,7 +16,7 @@ from .errors import LabError
 from .records import (COLUMNS, PLACE, Numbering, csv_records, lines_of, merge_quoted_lines, placed, same_layout,
                       table_records, union)
 from .sniff import sniff_csv
-from .spark import spark_path
+from .spark import read_parquet, spark_path, write_parquet
 from .validate import PROBLEM_TYPE, message
 
 # The island index is a model input: thousands of names mean the column holds something else.
@@ -103,14 +103,14 @@ def summarize(records, folder: Path) -> tuple[Summary, str]:
         F.sum(bad.cast("long")).alias("invalid"), F.sum(F.col("odd_quotes").cast("long")).alias("odd"),
         F.min(F.when(bad, F.col("pos"))).alias("first_bad"))
     valid_path = spark_path(str(Path(folder) / f"valid-{uuid.uuid4().hex[:12]}"))
-    observed.filter(data & F.col("problem").isNull()).select(*PLACE, *COLUMNS).write.parquet(valid_path)
+    write_parquet(observed.filter(data & F.col("problem").isNull()).select(*PLACE, *COLUMNS), valid_path)
     found = counts.get
     summary = Summary(data_rows=found["data"] or 0, header_rows=found["headers"] or 0,
                       invalid_rows=found["invalid"] or 0, odd_quote_lines=found["odd"] or 0)
     complete = F.lit(True)
     for column in COLUMNS:
         complete = complete & F.col(column).isNotNull()
-    groups = (records.sparkSession.read.parquet(valid_path).groupBy(ISLAND)
+    groups = (read_parquet(records.sparkSession, valid_path).groupBy(ISLAND)
               .agg(F.sum(complete.cast("long")).alias("complete"), F.min("pos").alias("first"),
                    *[F.min(F.when(complete, F.col(c))).alias(f"min_{c}") for c in MEASUREMENTS],
                    *[F.max(F.when(complete, F.col(c))).alias(f"max_{c}") for c in MEASUREMENTS]))
@@ -150,7 +150,7 @@ class Penguins:
 
     def valid(self):
         """The data records that follow every rule: PLACE and COLUMNS (missing values are null)."""
-        return self.records.sparkSession.read.parquet(self.valid_path)
+        return read_parquet(self.records.sparkSession, self.valid_path)
 
     @property
     def repeated_header_rows(self) -> int:
