@@ -147,17 +147,18 @@ def standardize(split, statistics: dict):
     return split.select("Row", *features, LABEL, "is_test")
 
 
-def write_split(split, folder: Path) -> tuple[str, str]:
-    """Write the training and test rows of a split (`is_test`) as Parquet, each in the order it has."""
+def write_split(split, folder: Path) -> tuple[str, str, object]:
+    """Write the training and test rows of a split (`is_test`) as Parquet, each in the order it has; returns both
+    paths and their (one) schema."""
     from pyspark.sql import functions as F
 
     paths = []
     for name, side in (("train", ~F.col("is_test")), ("test", F.col("is_test"))):
         target = str(folder / name)
-        write_parquet(split.filter(side).select("Row", *FEATURES, LABEL), spark_path(target),
-                      **{"parquet.block.size": ROW_GROUP_BYTES})
+        schema = write_parquet(split.filter(side).select("Row", *FEATURES, LABEL), spark_path(target),
+                               **{"parquet.block.size": ROW_GROUP_BYTES})
         paths.append(target)
-    return paths[0], paths[1]
+    return paths[0], paths[1], schema
 
 
 def overlap_rows(x_train, y_train, x_test, y_test) -> int:
@@ -169,21 +170,21 @@ def overlap_rows(x_train, y_train, x_test, y_test) -> int:
     return int(np.isin(rows(x_test, y_test), rows(x_train, y_train)).sum())
 
 
-def overlap_join(spark, train_path: str, test_path: str) -> int:
+def overlap_join(spark, train_path: str, test_path: str, schema) -> int:
     """Test rows whose features and label also occur in training (a Spark join): answers the model has seen.
 
     A semi join counts each test row once, however many training rows match it: no distinct() needed."""
-    train = read_parquet(spark, spark_path(train_path)).select(*FEATURES, LABEL)
-    test = read_parquet(spark, spark_path(test_path)).select(*FEATURES, LABEL)
+    train = read_parquet(spark, spark_path(train_path), schema).select(*FEATURES, LABEL)
+    test = read_parquet(spark, spark_path(test_path), schema).select(*FEATURES, LABEL)
     return test.join(train, [*FEATURES, LABEL], "left_semi").count()
 
 
-def side_counts(spark, path: str) -> dict:
+def side_counts(spark, path: str, schema) -> dict:
     from pyspark.sql import functions as F
 
     if not any(Path(path).glob("*.parquet")):
         return {}
-    counted = read_parquet(spark, spark_path(path)).groupBy(LABEL).agg(F.count("*").alias("n")).collect()
+    counted = read_parquet(spark, spark_path(path), schema).groupBy(LABEL).agg(F.count("*").alias("n")).collect()
     return {int(row[LABEL]): int(row["n"]) for row in counted}
 
 
@@ -200,12 +201,12 @@ def prepare(spark, penguins, config: TrainConfig, folder: Path) -> PreparedData:
     # The split's two small jobs and the writes of both sides read the unique rows: written once, in the
     # order training will see them.
     unique_path = spark_path(str(folder / ".unique"))
-    write_parquet(shuffled(encoded, config.seed), unique_path)
-    split = spark_split(read_parquet(spark, unique_path), config.test_fraction, config.seed)
+    unique_schema = write_parquet(shuffled(encoded, config.seed), unique_path)
+    split = spark_split(read_parquet(spark, unique_path, unique_schema), config.test_fraction, config.seed)
     statistics = standardization(split) if config.standardize else no_standardization()
-    train_path, test_path = write_split(standardize(split, statistics), folder)
+    train_path, test_path, schema = write_split(standardize(split, statistics), folder)
     shutil.rmtree(folder / ".unique", ignore_errors=True)
-    train, test = side_counts(spark, train_path), side_counts(spark, test_path)
+    train, test = side_counts(spark, train_path, schema), side_counts(spark, test_path, schema)
     species = {label: train.get(label, 0) + test.get(label, 0) for label in {*train, *test}}
     check_splittable(species, penguins.where)
     valid_rows = summary.data_rows - summary.invalid_rows
@@ -216,7 +217,7 @@ def prepare(spark, penguins, config: TrainConfig, folder: Path) -> PreparedData:
         "duplicate_rows": summary.complete_rows - unique,
         "train_rows": sum(train.values()) * config.oversample,
         "test_rows": sum(test.values()),
-        "overlap_rows": overlap_join(spark, train_path, test_path),
+        "overlap_rows": overlap_join(spark, train_path, test_path, schema),
     }
     return PreparedData(train_path, test_path, vocabulary, counts, dict(summary.ranges), config.oversample,
                         statistics)

@@ -83,9 +83,9 @@ def _data_files(folder: Path) -> list:
 
 # --- one pass over every record ----------------------------------------------------------------------
 
-def summarize(records, folder: Path) -> tuple[Summary, str]:
+def summarize(records, folder: Path) -> tuple[Summary, str, object]:
     """Read every record once: Spark counts them and finds the first problem (observed metrics) while it
-    writes the valid records as Parquet to a new folder inside `folder`; returns (summary, that path).
+    writes the valid records as Parquet to a new folder inside `folder`; returns (summary, that path, their schema).
 
     The islands (with the position of each one's first record) and the measurement ranges then come
     from that Parquet, grouped by island: the driver receives one row per island name (at most
@@ -103,14 +103,15 @@ def summarize(records, folder: Path) -> tuple[Summary, str]:
         F.sum(bad.cast("long")).alias("invalid"), F.sum(F.col("odd_quotes").cast("long")).alias("odd"),
         F.min(F.when(bad, F.col("pos"))).alias("first_bad"))
     valid_path = spark_path(str(Path(folder) / f"valid-{uuid.uuid4().hex[:12]}"))
-    write_parquet(observed.filter(data & F.col("problem").isNull()).select(*PLACE, *COLUMNS), valid_path)
+    valid = observed.filter(data & F.col("problem").isNull()).select(*PLACE, *COLUMNS)
+    valid_schema = write_parquet(valid, valid_path)
     found = counts.get
     summary = Summary(data_rows=found["data"] or 0, header_rows=found["headers"] or 0,
                       invalid_rows=found["invalid"] or 0, odd_quote_lines=found["odd"] or 0)
     complete = F.lit(True)
     for column in COLUMNS:
         complete = complete & F.col(column).isNotNull()
-    groups = (read_parquet(records.sparkSession, valid_path).groupBy(ISLAND)
+    groups = (read_parquet(records.sparkSession, valid_path, valid_schema).groupBy(ISLAND)
               .agg(F.sum(complete.cast("long")).alias("complete"), F.min("pos").alias("first"),
                    *[F.min(F.when(complete, F.col(c))).alias(f"min_{c}") for c in MEASUREMENTS],
                    *[F.max(F.when(complete, F.col(c))).alias(f"max_{c}") for c in MEASUREMENTS]))
@@ -132,7 +133,7 @@ def summarize(records, folder: Path) -> tuple[Summary, str]:
         row = records.filter(F.col("pos") == found["first_bad"]).select(*PLACE, "problem.*").first()
         summary.first_problem = {"at": (row["file"], row["block"], row["pos"]), "kind": row["kind"],
                                  "column": row["column"], "value": row["value"]}
-    return summary, valid_path
+    return summary, valid_path, valid_schema
 
 
 # --- the reader ----------------------------------------------------------------------------------------
@@ -147,10 +148,11 @@ class Penguins:
     numbering: Numbering
     files: list              # CsvFile per file index (CSV), or names (Parquet)
     valid_path: str          # the valid records, as the read wrote them (Parquet in the scratch folder)
+    valid_schema: object     # and their Spark schema
 
     def valid(self):
         """The data records that follow every rule: PLACE and COLUMNS (missing values are null)."""
-        return read_parquet(self.records.sparkSession, self.valid_path)
+        return read_parquet(self.records.sparkSession, self.valid_path, self.valid_schema)
 
     @property
     def repeated_header_rows(self) -> int:
@@ -224,11 +226,11 @@ def read_penguins(spark, path, scratch: Path | None = None, require_label: bool 
     scratch = Path(scratch) if scratch is not None else _temporary_folder()
     records, lines, files = _sources(spark, _existing(path), scratch, require_label)
     numbering = Numbering(lines)
-    summary, valid_path = summarize(records, scratch)
+    summary, valid_path, valid_schema = summarize(records, scratch)
     if summary.odd_quote_lines:
         records = _csv_merged(merge_quoted_lines(spark, lines, numbering, files), files, require_label)
-        summary, valid_path = summarize(records, scratch)
-    penguins = Penguins(path, records, summary, numbering, files, valid_path)
+        summary, valid_path, valid_schema = summarize(records, scratch)
+    penguins = Penguins(path, records, summary, numbering, files, valid_path, valid_schema)
     _check(penguins, drop_invalid)
     return penguins
 
@@ -319,8 +321,8 @@ def penguins_from_pandas(spark, frame, where: str) -> Penguins:
     records = rows.select(F.lit(0).alias("file"), F.lit(0).cast("long").alias("block"), "pos",
                           F.lit("data").alias("kind"), F.lit(False).alias("odd_quotes"), *COLUMNS,
                           F.lit(None).cast(PROBLEM_TYPE).alias("problem"))
-    summary, valid_path = summarize(records, _temporary_folder())
-    return Penguins(where, records, summary, GivenNumbers(records), [where], valid_path)
+    summary, valid_path, valid_schema = summarize(records, _temporary_folder())
+    return Penguins(where, records, summary, GivenNumbers(records), [where], valid_path, valid_schema)
 
 
 def read_penguins_csv(path, require_label: bool = True, drop_invalid: bool = False, spark=None):

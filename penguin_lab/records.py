@@ -7,6 +7,7 @@ those (Numbering) only when a message or a caller needs them.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from .config import ISLAND, LABEL, MEASUREMENTS
 from .errors import LabError
 from .sniff import CsvFile, find_columns
 from .spark import spark_path
-from .validate import MAX_LINE_CHARS, PROBLEM_TYPE, checked, folded, message, normalize_name, problem, stripped
+from .validate import (MAX_LINE_CHARS, PROBLEM_TYPE, checked, folded, message, normalize_name, problem, sql_string,
+                       stripped)
 
 COLUMNS = [ISLAND, *MEASUREMENTS, LABEL]
 PLACE = ["file", "block", "pos"]
@@ -52,9 +54,9 @@ def placed(read, paths: list, indexes: list):
     followed (two links to one file) are read by scans of their own."""
     if max(indexes) >= 1 << (63 - FILE_BITS):
         raise LabError(f"{Path(paths[0]).parent}: more than {1 << (63 - FILE_BITS)} files; expected fewer")
-    scans = []  # per scan: the resolved name of each of its files -> (path, index)
+    scans = []  # per scan: the name Spark reads each of its files under -> (path, index)
     for path, index in zip(paths, indexes):
-        name = Path(path).resolve().name
+        name = Path(os.path.realpath(path) if os.path.islink(path) else path).name
         scan = next((files for files in scans if name not in files), None)
         if scan is None:
             scans.append(scan := {})
@@ -87,16 +89,18 @@ def _file_index(scan, files: dict):
     if unknown:
         raise LabError(f"{unknown[0]}: Spark does not list this file under its name (is the name valid UTF-8?); "
                        f"expected files that Spark can read")
-    name = F.col("_metadata.file_name")
 
-    def search(found):
+    # One SQL expression: built from Column calls, each comparison would be several calls to the JVM.
+    def search(found) -> str:
         if len(found) == 1:
             (spelled, plain, index), = found
-            return F.when(name.isin(spelled, plain), F.lit(index)).otherwise(
-                F.raise_error(F.concat(F.lit("a record of "), name, F.lit(f" was taken for one of {plain}"))))
+            wrong = sql_string(f" was matched to {plain}")
+            return (f"CASE WHEN _metadata.file_name = {sql_string(spelled)} THEN {index} "
+                    f"ELSE raise_error(concat('a record of ', _metadata.file_name, {wrong})) END")
         middle = len(found) // 2
-        return F.when(name < found[middle][0], search(found[:middle])).otherwise(search(found[middle:]))
-    return search(sorted((quoted[plain], plain, index) for plain, (_, index) in files.items()))
+        return (f"CASE WHEN _metadata.file_name < {sql_string(found[middle][0])} THEN {search(found[:middle])} "
+                f"ELSE {search(found[middle:])} END")
+    return F.expr(search(sorted((quoted[plain], plain, index) for plain, (_, index) in files.items())))
 
 
 def union(frames: list):

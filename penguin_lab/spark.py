@@ -150,25 +150,19 @@ def spark_path(path: str) -> str:
     return "file:" + local if databricks else local
 
 
-# The schema of each Parquet folder this process wrote, by its Spark path (write_parquet, read_parquet).
-_WRITTEN_SCHEMAS = {}
-
-
-def write_parquet(frame, path: str, **options) -> None:
-    """`frame` as Parquet at the Spark path `path`, replacing what is there; its schema is kept for read_parquet."""
+def write_parquet(frame, path: str, **options):
+    """`frame` as Parquet at the Spark path `path`, replacing what is there; returns its schema, for read_parquet."""
     writer = frame.write.mode("overwrite")
     for key, value in options.items():
         writer = writer.option(key, value)
     writer.parquet(path)
-    _WRITTEN_SCHEMAS[path] = frame.schema
+    return frame.schema
 
 
-def read_parquet(spark, path: str):
-    """Parquet at the Spark path `path`; one this process wrote is read with the schema it was written with.
-    Otherwise Spark runs a job to read a footer for the schema, every time (a tenth of a second on the lab's
-    data, several times a run)."""
-    schema = _WRITTEN_SCHEMAS.get(path)
-    return (spark.read if schema is None else spark.read.schema(schema)).parquet(path)
+def read_parquet(spark, path: str, schema):
+    """Parquet that this run wrote at the Spark path `path`, read with the schema it was written with: otherwise
+    Spark runs a job to read a footer for the schema, every time (a tenth of a second on the lab's data)."""
+    return spark.read.schema(schema).parquet(path)
 
 
 def shared_temporary_folder(prefix: str) -> Path:

@@ -25,7 +25,8 @@ WELL_FORMED = "expected well-formed CSV (quotes around a whole field, doubled in
 NUMBER = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 SPECIAL_NUMBER = r"(?i)^[+-]?(inf|infinity|nan)$"  # what float() also reads; never a possible measurement
 DECIMAL_COMMA = r"^[+-]?[0-9]+,[0-9]+$"
-WHITESPACE = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0\u2000\u2001\u2002\u2003\u2009\u3000\ufeff"  # str.strip()'s
+# White space seen in exported files, and a stray byte order mark.
+WHITESPACE = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0\u2000\u2001\u2002\u2003\u2009\u3000\ufeff"
 PROBLEM_TYPE = "struct<kind:string,column:string,value:string>"
 
 
@@ -83,7 +84,7 @@ def folded(column):
 
 
 def stripped(column, also: str = ""):
-    """The value without the white space around it (and the characters `also`), as str.strip() does."""
+    """The value without the characters of WHITESPACE (and of `also`) at either end."""
     from pyspark.sql import functions as F
 
     trimmed = F.btrim(column, F.lit(WHITESPACE + also))
@@ -111,12 +112,17 @@ def case_spellings(words) -> list:
 MISSING_SPELLINGS = case_spellings(MISSING)
 
 
+def sql_string(text: str) -> str:
+    """`text` as a Spark SQL string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def is_missing(column: str):
     """Whether the text in a named column is no value. One SQL expression: a Python list of hundreds of
     literals would cost a call to the JVM each, for every column of every plan."""
     from pyspark.sql import functions as F
 
-    spellings = ", ".join("'" + word.replace("\\", "\\\\").replace("'", "\\'") + "'" for word in MISSING_SPELLINGS)
+    spellings = ", ".join(sql_string(word) for word in MISSING_SPELLINGS)
     return F.expr(f"`{column}` IS NULL OR `{column}` IN ({spellings})")
 
 
