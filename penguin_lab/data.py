@@ -156,7 +156,7 @@ def write_split(split, folder: Path) -> tuple[str, str, object]:
     for name, side in (("train", ~F.col("is_test")), ("test", F.col("is_test"))):
         target = str(folder / name)
         schema = write_parquet(split.filter(side).select("Row", *FEATURES, LABEL), spark_path(target),
-                               **{"parquet.block.size": ROW_GROUP_BYTES})
+                               {"parquet.block.size": ROW_GROUP_BYTES})
         paths.append(target)
     return paths[0], paths[1], schema
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from .config import ISLAND, LABEL, MEASUREMENTS
 from .errors import LabError
-from .records import (COLUMNS, PLACE, Numbering, csv_records, lines_of, merge_quoted_lines, placed, same_layout,
-                      table_records, union)
+from .records import (COLUMNS, PLACE, Numbering, alike, csv_records, lines_of, merge_quoted_lines, placed,
+                      same_layout, table_records, union)
 from .sniff import sniff_csv
 from .spark import read_parquet, spark_path, write_parquet
 from .validate import PROBLEM_TYPE, message
@@ -65,11 +65,8 @@ def _parquet_columns(path: Path) -> tuple:
 
 def _parquet(spark, files: list, require_label: bool):
     """(records, lines) of Parquet files: one scan for all the files with the same columns and types."""
-    same_columns = {}
-    for index, f in enumerate(files):
-        same_columns.setdefault(_parquet_columns(f), []).append(index)
     records, lines = [], []
-    for indexes in same_columns.values():
+    for indexes in alike([_parquet_columns(f) for f in files]):
         frame = placed(lambda paths: spark.read.parquet(*paths), [files[i] for i in indexes], indexes)
         records.append(table_records(frame, str(files[indexes[0]]), require_label))
         lines.append(frame.select(*PLACE))

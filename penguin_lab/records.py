@@ -31,15 +31,19 @@ MAYBE_WHITESPACE = "[\\x00-\\x20\\x7f-\\x{10ffff}]"
 MAX_QUOTED_LINES = 1_000_000
 
 
+def alike(keys: list) -> list:
+    """The indexes of equal keys, a list per key in the order they first occur: the files one scan can read."""
+    groups = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(key, []).append(index)
+    return list(groups.values())
+
+
 def same_layout(files: list) -> list:
     """The indexes of CSV files that one scan reads and one set of expressions parses: the same header, delimiter
     and `sep=` line, in the same folder (a folder's file names differ, and name each record's file)."""
-    groups = {}
-    for i, f in enumerate(files):
-        layout = (str(Path(f.text_path).parent), f.delimiter, f.header_text, tuple(f.header),
-                  tuple(f.position.items()), f.sep_line)
-        groups.setdefault(layout, []).append(i)
-    return list(groups.values())
+    return alike([(str(Path(f.text_path).parent), f.delimiter, f.header_text, tuple(f.header),
+                   tuple(f.position.items()), f.sep_line) for f in files])
 
 
 def lines_of(spark, files: list, groups: list) -> list:

@@ -150,12 +150,9 @@ def spark_path(path: str) -> str:
     return "file:" + local if databricks else local
 
 
-def write_parquet(frame, path: str, **options):
+def write_parquet(frame, path: str, options: dict | None = None):
     """`frame` as Parquet at the Spark path `path`, replacing what is there; returns its schema, for read_parquet."""
-    writer = frame.write.mode("overwrite")
-    for key, value in options.items():
-        writer = writer.option(key, value)
-    writer.parquet(path)
+    frame.write.mode("overwrite").options(**(options or {})).parquet(path)
     return frame.schema
 
 
