@@ -171,21 +171,22 @@ def overlap_rows(x_train, y_train, x_test, y_test) -> int:
 
 
 def overlap_join(spark, train_path: str, test_path: str, schema) -> int:
-    """Test rows whose features and label also occur in training (a Spark join): answers the model has seen.
+    """Test rows whose features and label also occur in training (Spark joins): answers the model has seen.
 
-    A semi join counts each test row once, however many training rows match it: no distinct() needed."""
-    train = read_parquet(spark, spark_path(train_path), schema).select(*FEATURES, LABEL)
-    test = read_parquet(spark, spark_path(test_path), schema).select(*FEATURES, LABEL)
-    return test.join(train, [*FEATURES, LABEL], "left_semi").count()
-
-
-def side_counts(spark, path: str, schema) -> dict:
+    Equal rows have equal hashes, so only test rows whose 64-bit hash also occurs in training can count. Joining
+    on that one number shuffles and sorts a long per row, not six columns; the rows of the few hashes found
+    are then compared whole. A semi join counts each test row once, however many training rows match it."""
     from pyspark.sql import functions as F
 
-    if not any(Path(path).glob("*.parquet")):
-        return {}
-    counted = read_parquet(spark, spark_path(path), schema).groupBy(LABEL).agg(F.count("*").alias("n")).collect()
-    return {int(row[LABEL]): int(row["n"]) for row in counted}
+    columns = [*FEATURES, LABEL]
+    hashed = [F.xxhash64(*columns).alias("hash"), *columns]  # Spark hashes -0.0 as 0.0, as its joins match them
+    train = read_parquet(spark, spark_path(train_path), schema).select(*hashed)
+    test = read_parquet(spark, spark_path(test_path), schema).select(*hashed)
+    shared = test.select("hash").join(train.select("hash"), "hash", "left_semi").distinct()
+    if shared.isEmpty():
+        return 0
+    return (test.join(shared, "hash", "left_semi")
+            .join(train.join(shared, "hash", "left_semi"), ["hash", *columns], "left_semi").count())
 
 
 def prepare(spark, penguins, config: TrainConfig, folder: Path) -> PreparedData:
@@ -202,21 +203,20 @@ def prepare(spark, penguins, config: TrainConfig, folder: Path) -> PreparedData:
     # order training will see them.
     unique_path = spark_path(str(folder / ".unique"))
     unique_schema = write_parquet(shuffled(encoded, config.seed), unique_path)
-    split = spark_split(read_parquet(spark, unique_path, unique_schema), config.test_fraction, config.seed)
+    split, sizes = spark_split(read_parquet(spark, unique_path, unique_schema), config.test_fraction, config.seed)
     statistics = standardization(split) if config.standardize else no_standardization()
     train_path, test_path, schema = write_split(standardize(split, statistics), folder)
     shutil.rmtree(folder / ".unique", ignore_errors=True)
-    train, test = side_counts(spark, train_path, schema), side_counts(spark, test_path, schema)
-    species = {label: train.get(label, 0) + test.get(label, 0) for label in {*train, *test}}
+    species = {label: rows for label, (rows, _) in sizes.items()}
     check_splittable(species, penguins.where)
-    valid_rows = summary.data_rows - summary.invalid_rows
-    unique = sum(species.values())
+    valid_rows, unique = summary.data_rows - summary.invalid_rows, sum(species.values())
+    test = sum(test for _, test in sizes.values())  # the split's own counts: the Parquet holds just these rows
     counts = {
         "input_rows": valid_rows,
         "incomplete_rows": valid_rows - summary.complete_rows,
         "duplicate_rows": summary.complete_rows - unique,
-        "train_rows": sum(train.values()) * config.oversample,
-        "test_rows": sum(test.values()),
+        "train_rows": (unique - test) * config.oversample,
+        "test_rows": test,
         "overlap_rows": overlap_join(spark, train_path, test_path, schema),
     }
     return PreparedData(train_path, test_path, vocabulary, counts, dict(summary.ranges), config.oversample,

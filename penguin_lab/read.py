@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ISLAND, LABEL, MEASUREMENTS
+from .config import ISLAND, LABEL, MEASUREMENTS, ROW_GROUP_BYTES
 from .errors import LabError
 from .records import (COLUMNS, PLACE, Numbering, alike, csv_records, lines_of, merge_quoted_lines, placed,
                       same_layout, table_records, union)
@@ -101,7 +101,8 @@ def summarize(records, folder: Path) -> tuple[Summary, str, object]:
         F.min(F.when(bad, F.col("pos"))).alias("first_bad"))
     valid_path = spark_path(str(Path(folder) / f"valid-{uuid.uuid4().hex[:12]}"))
     valid = observed.filter(data & F.col("problem").isNull()).select(*PLACE, *COLUMNS)
-    valid_schema = write_parquet(valid, valid_path)
+    # In small row groups, so that each later read of them splits into as many tasks as the input's.
+    valid_schema = write_parquet(valid, valid_path, {"parquet.block.size": ROW_GROUP_BYTES})
     found = counts.get
     summary = Summary(data_rows=found["data"] or 0, header_rows=found["headers"] or 0,
                       invalid_rows=found["invalid"] or 0, odd_quote_lines=found["odd"] or 0)

@@ -27,7 +27,8 @@ def class_archive() -> Path:
 
 # Inputs at least this large keep the JVM's optimizing compiler: it halves the time to read them.
 LARGE_INPUT_BYTES = 4 << 20
-HUGE_METHOD_BYTES = 8000  # HotSpot's HugeMethodLimit
+HUGE_METHOD_BYTES = 8000
+TASK_INPUT_BYTES = 32 << 20  # HotSpot's HugeMethodLimit
 # How Spark evaluates expressions: interpreted (small inputs), or as generated and compiled code (Spark's default).
 INTERPRETED = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"}
 GENERATED_CODE = {"spark.sql.codegen.wholeStage": "true", "spark.sql.codegen.factoryMode": "FALLBACK"}
@@ -100,6 +101,8 @@ def get_spark(record_archive: Path | None = None, large_input: bool = False, tor
         # merges back to about 64 MB each: a sort of tens of millions of rows in one task runs out of heap.
         ("spark.sql.shuffle.partitions", "200" if large_input else "2"),
         ("spark.sql.execution.arrow.pyspark.enabled", "true"),
+        # A task per 32 MB of input, not 128 MB: a few large tasks leave a core idle while the last one runs.
+        ("spark.sql.files.maxPartitionBytes", str(TASK_INPUT_BYTES)),
         # PySpark 4 records the Python line of every column function in the JVM, several calls to it each: the
         # record checks alone are thousands. Errors here are one line that names the data, not the code.
         ("spark.python.sql.dataFrameDebugging.enabled", "false"),

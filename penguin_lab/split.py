@@ -30,6 +30,7 @@ def test_rows(n: int, test_fraction: float) -> int:
 
 def spark_split(data, test_fraction: float, seed: int):
     """`data` with a boolean `is_test`: per species, the first n_test rows by (key, Row) are the test set.
+    Returns it and, per species, (rows, test rows).
 
     Two small Spark jobs find each species' cut (key, Row); the result is a plain column expression,
     so `data` (best cached or written first: it is read three times) is never sorted or shuffled."""
@@ -40,10 +41,11 @@ def spark_split(data, test_fraction: float, seed: int):
     histogram = {}
     for row in keyed.groupBy(LABEL, bucket.alias("bucket")).count().collect():
         histogram.setdefault(row[LABEL], []).append((row["bucket"], row["count"]))
-    cuts = {}
+    cuts, sizes = {}, {}
     for label, counts in histogram.items():
         counts.sort()
         rank = test_rows(sum(n for _, n in counts), test_fraction)
+        sizes[label] = (sum(n for _, n in counts), rank)
         for cut_bucket, n in counts:  # the bucket holding the rank-th row, and its rank there
             if rank <= n:
                 break
@@ -60,4 +62,4 @@ def spark_split(data, test_fraction: float, seed: int):
         last_key, last_row = sorted(near[label])[rank - 1]  # the last test row of this species
         before = (F.col("_key") < last_key) | ((F.col("_key") == last_key) & (F.col("Row") <= last_row))
         is_test = F.when(F.col(LABEL) == label, before).otherwise(is_test)
-    return keyed.withColumn("is_test", is_test).drop("_key")
+    return keyed.withColumn("is_test", is_test).drop("_key"), sizes

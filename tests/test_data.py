@@ -6,7 +6,8 @@ import pytest
 
 from conftest import DATA, REPO
 from penguin_lab.config import FEATURES, SPECIES, TrainConfig
-from penguin_lab.data import check_island_spellings, island_vocabulary, overlap_rows, prepare_splits, spark_prepare
+from penguin_lab.data import (check_island_spellings, island_vocabulary, overlap_join, overlap_rows, prepare_splits,
+                               spark_prepare)
 from penguin_lab.errors import LabError
 
 
@@ -85,6 +86,30 @@ def test_the_labs_replicate_then_split_leaks_test_rows(prepared):
     assert overlap_rows(x_train, y_train, x_test, y_test) > 0.9 * len(x_test)
 
 
+def test_the_overlap_join_counts_each_test_row_found_in_training(spark, prepared, tmp_path):
+    """Copies of training rows (one of them twice in training), a zero of the other sign, and near misses:
+    a feature one float step away, the same features with another species."""
+    from penguin_lab.spark import write_parquet
+
+    x, y = prepared.x_train[:50].copy(), prepared.y_train[:50].copy()
+    x[0, 1] = 0.0
+    copies = x[[0, 3, 7, 7]].copy()
+    copies[0, 1] = -0.0
+    nudged = x[[1]].copy()
+    nudged[0, 2] = np.nextafter(nudged[0, 2], np.float32(np.inf))
+    x_test = np.concatenate([copies, nudged, x[[4]], prepared.x_test[:20]])
+    y_test = np.concatenate([y[[0, 3, 7, 7]], y[[1]], (y[[4]] + 1) % len(SPECIES), prepared.y_test[:20]])
+    x_train, y_train = np.concatenate([x, x[[3]]]), np.concatenate([y, y[[3]]])
+    paths = {}
+    for side, (features, labels) in {"train": (x_train, y_train), "test": (x_test, y_test)}.items():
+        frame = pd.DataFrame(features, columns=FEATURES).assign(Species=labels.astype("int32"))
+        paths[side] = str(tmp_path / side)
+        schema = write_parquet(spark.createDataFrame(frame), paths[side])
+    assert overlap_rows(x_train, y_train, x_test, y_test) == 4
+    assert overlap_join(spark, paths["train"], paths["test"], schema) == 4
+    assert overlap_join(spark, paths["train"], paths["train"], schema) == len(x_train)
+
+
 def test_exact_duplicate_rows_cannot_straddle_the_split(spark, raw):
     doubled = pd.concat([raw, raw.assign(Row=raw["Row"] + 1000)], ignore_index=True)
     prepared = prepare_splits(spark, doubled, TrainConfig())
@@ -122,8 +147,10 @@ def test_the_split_is_the_first_rows_of_each_species_by_seeded_key(spark, raw, m
         n_test = F.greatest(F.lit(1), F.round(F.count("*").over(Window.partitionBy("Species")) * fraction))
         ranked = data.select("Row", F.row_number().over(by_key).alias("rank"), n_test.alias("n_test"))
         expected = {r["Row"] for r in ranked.filter(F.col("rank") <= F.col("n_test")).collect()}
-        chosen = {r["Row"] for r in split.spark_split(data, fraction, seed).filter("is_test").collect()}
+        chosen, sizes = split.spark_split(data, fraction, seed)
+        chosen = {r["Row"] for r in chosen.filter("is_test").collect()}
         assert chosen == expected and len(chosen) == sum(split.test_rows(n, fraction) for n in (151, 68, 123))
+        assert sizes == {label: (n, split.test_rows(n, fraction)) for label, n in enumerate((151, 123, 68))}
 
 
 def test_test_rows_round_half_up_and_never_zero():

@@ -15,6 +15,7 @@ LINES = [
     "MISSING,?,.,-,#N/A,nUlL",
     "Torgersen,inf,-Infinity,+nan,1e3,Adelie Penguin (Pygoscelis adeliae)",
     "Biscoe,39..1,1e,0x27,1d,2",
+    "Dream,0X1P3,39.1F,\x0139.1,+.5e1,1.0",
     "B\u00efscoe,-5,0,1e7,3750,3",
     "Biscoe,45.2,14.8,212,5200,Gent\u00f6o",
     '"Biscoe","39,1",18.7,181,3750,2',

@@ -159,3 +159,40 @@ def test_white_space_is_stripped_from_both_ends_and_nothing_else(spark):
     values += ["é", "aé", "Biscoe", "", WHITESPACE, f"x{WHITESPACE}y", "\x7fDream", "!", "~"]
     rows = spark.createDataFrame([(v,) for v in values], "v string").select(stripped(F.col("v")).alias("s")).collect()
     assert [row["s"] for row in rows] == [v.strip(WHITESPACE) for v in values]  # str.strip's and a byte order mark
+
+
+@pytest.fixture
+def tiny_blocks(spark):
+    """Spark reads each kilobyte of a file as a block of its own, in a task of its own."""
+    before = spark.conf.get("spark.sql.files.maxPartitionBytes")
+    spark.conf.set("spark.sql.files.maxPartitionBytes", "1k")
+    yield
+    spark.conf.set("spark.sql.files.maxPartitionBytes", before)
+
+
+def _record_across_a_block_boundary(rows: list) -> str:
+    """The rows, the 100th of them replaced by one whose quoted island holds a line break at a block boundary."""
+    head = HEADER + "".join(rows[:99])
+    boundary = -(-(len(head) + 16) // 1024) * 1024
+    first = '"Dream' + " " * (boundary - len(head) - len('"Dream\n')) + "\n"
+    assert len(head + first) == boundary
+    return head + first + '(north)",46.5,17.9,192,3500,2\n' + "".join(rows[100:])
+
+
+def test_line_numbers_are_right_across_blocks_and_records_split_by_one(tmp_path, spark, tiny_blocks):
+    rows = DATA.read_text().splitlines(keepends=True)[1:]
+    data = tmp_path / "blocks.csv"
+    data.write_text(_record_across_a_block_boundary(rows))
+    frame, _ = read_penguins_csv(data, spark=spark)
+    assert len(frame) == len(rows)
+    island = frame.loc[frame["Row"] == 101, "Island"].item()
+    assert island.startswith("Dream ") and island.endswith("\n(north)")
+    after = frame[frame["Row"] > 101]  # every later record is one line further down
+    assert after["Row"].tolist() == list(range(103, len(rows) + 3))
+    assert frame.loc[frame["Row"] == 203, "BodyMass"].item() == float(rows[200].split(",")[4])
+
+    rows[300] = "Biscoe,46.1,13.2,211,heavy,1\n"
+    data.write_text(_record_across_a_block_boundary(rows))
+    with pytest.raises(LabError) as error:
+        read_penguins_csv(data, spark=spark)
+    assert str(error.value).startswith(f"{data}: row 303, column 'BodyMass': 'heavy' is not a number")
