@@ -209,8 +209,9 @@ def prepare(spark, penguins, config: TrainConfig, folder: Path) -> PreparedData:
     shutil.rmtree(folder / ".unique", ignore_errors=True)
     species = {label: rows for label, (rows, _) in sizes.items()}
     check_splittable(species, penguins.where)
-    valid_rows, unique = summary.data_rows - summary.invalid_rows, sum(species.values())
-    test = sum(test for _, test in sizes.values())  # the split's own counts: the Parquet holds just these rows
+    valid_rows = summary.data_rows - summary.invalid_rows
+    unique = sum(species.values())
+    test = sum(rows for _, rows in sizes.values())  # the split's own counts: the Parquet holds just these rows
     counts = {
         "input_rows": valid_rows,
         "incomplete_rows": valid_rows - summary.complete_rows,

@@ -27,8 +27,8 @@ def class_archive() -> Path:
 
 # Inputs at least this large keep the JVM's optimizing compiler: it halves the time to read them.
 LARGE_INPUT_BYTES = 4 << 20
-HUGE_METHOD_BYTES = 8000
-TASK_INPUT_BYTES = 32 << 20  # HotSpot's HugeMethodLimit
+HUGE_METHOD_BYTES = 8000  # HotSpot's HugeMethodLimit
+TASK_INPUT_BYTES = 32 << 20  # spark.sql.files.maxPartitionBytes
 # How Spark evaluates expressions: interpreted (small inputs), or as generated and compiled code (Spark's default).
 INTERPRETED = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"}
 GENERATED_CODE = {"spark.sql.codegen.wholeStage": "true", "spark.sql.codegen.factoryMode": "FALLBACK"}

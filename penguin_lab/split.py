@@ -44,8 +44,9 @@ def spark_split(data, test_fraction: float, seed: int):
     cuts, sizes = {}, {}
     for label, counts in histogram.items():
         counts.sort()
-        rank = test_rows(sum(n for _, n in counts), test_fraction)
-        sizes[label] = (sum(n for _, n in counts), rank)
+        rows = sum(n for _, n in counts)
+        rank = test_rows(rows, test_fraction)
+        sizes[label] = (rows, rank)
         for cut_bucket, n in counts:  # the bucket holding the rank-th row, and its rank there
             if rank <= n:
                 break
