@@ -120,8 +120,9 @@ def cmd_score(args) -> int:
     from .score import score
     from .spark import LARGE_INPUT_BYTES, get_spark, input_bytes
 
+    started = time.perf_counter()  # the time it prints is the whole command's, the JVM's start included
     spark = get_spark(large_input=input_bytes(args.data) >= LARGE_INPUT_BYTES, torch_workers=True)
-    result = score(spark, args.model, args.data, args.out, drop_invalid=args.drop_invalid)
+    result = score(spark, args.model, args.data, args.out, drop_invalid=args.drop_invalid, started=started)
     flagged = (f"{result['flagged']} could not be scored and were dropped" if args.drop_invalid else
                f"{result['flagged']} could not be scored (see their reason column)")
     print(f"scored {result['rows']} penguins in {result['seconds']:.1f} s; {flagged}")

@@ -166,9 +166,10 @@ def write_row_group(writer, path: Path, batches: list):
     return writer
 
 
-def score(spark, model: str, data, out, drop_invalid: bool = False) -> dict:
+def score(spark, model: str, data, out, drop_invalid: bool = False, started: float | None = None) -> dict:
     """Score `data` (CSV or Parquet, file or folder) with `model` (a folder, runs:/ or models:/ URI) into
-    Parquet at `out`, written whole or not at all. Returns the counts and the time taken."""
+    Parquet at `out`, written whole or not at all. Returns the counts and the seconds since `started` (a
+    time.perf_counter(); by default, the call)."""
     import shutil
 
     from pyspark.sql import functions as F
@@ -180,7 +181,7 @@ def score(spark, model: str, data, out, drop_invalid: bool = False) -> dict:
     from .read import records_of
     from .spark import shared_temporary_folder
 
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     out = check_score_output(Path(out))
     scratch = shared_temporary_folder("penguin-lab-score-")
     try:

@@ -1,12 +1,19 @@
-"""PySpark's Python worker daemon, with PyTorch imported once before it forks the workers.
+"""PySpark's Python worker daemon, with what batch scoring's workers use imported once, before it forks them.
 
-Each forked worker inherits the import instead of paying for it again (over a second of CPU each, on a
-machine whose cores the workers share with the JVM). `penguin-lab score` asks Spark for it with
-spark.python.daemon.module; the workers themselves are PySpark's own.
+Each forked worker inherits the imports instead of paying for them again (PyTorch alone is over a second of
+CPU; pyarrow imports pandas on its first array), on a machine whose cores the workers share with the JVM.
+`penguin-lab score` asks Spark for it with spark.python.daemon.module; the workers themselves are PySpark's own.
+Only modules are loaded here: no thread pool has started when the daemon forks.
 """
 
-import torch  # noqa: F401  (imported for the forked workers; no thread pool has started yet)
+import pandas  # noqa: F401
+import pyarrow.compute  # noqa: F401
+import pyarrow.parquet  # noqa: F401
+import torch  # noqa: F401
 from pyspark.daemon import manager
+
+import penguin_lab.predict  # noqa: F401
+import penguin_lab.score  # noqa: F401
 
 if __name__ == "__main__":
     manager()

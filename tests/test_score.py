@@ -101,6 +101,16 @@ def test_only_the_files_of_the_kept_task_attempts_stay(tmp_path):
     assert table.num_rows == 0 and table.schema.names == ["Island", "p_Adelie"]
 
 
+def test_the_time_score_reports_counts_from_the_command_s_start(spark, saved_model, tmp_path):
+    # The command starts its clock before the JVM (cli.cmd_score): the seconds count from `started`, not the call.
+    import time
+
+    from penguin_lab.score import score
+
+    result = score(spark, str(saved_model), messy_csv(tmp_path), tmp_path / "scored", started=time.perf_counter() - 60)
+    assert 60 <= result["seconds"] < 600 and result["rows"] == len(ROWS)
+
+
 def test_a_parquet_input_keeps_its_species_and_every_row(saved_model, tmp_path):
     made = run_cli("synth", "--rows", "5000", "--out", str(tmp_path / "synth"), "--format", "parquet")
     assert made.returncode == 0, made.stderr
@@ -114,14 +124,17 @@ def test_a_parquet_input_keeps_its_species_and_every_row(saved_model, tmp_path):
 
 @pytest.mark.parametrize("torch_workers", [True, False])
 def test_scoring_s_python_workers_start_with_pytorch_imported(torch_workers):
-    # What a task finds already imported in its forked worker: PyTorch, for score's session only.
+    # What a task finds already imported in its forked worker: PyTorch, and what scoring uses beside it (pyarrow
+    # imports pandas on its first array), for score's session only.
+    modules = ("torch", "pandas", "pyarrow.parquet", "pyarrow.compute", "penguin_lab.score", "penguin_lab.predict")
     code = ("import sys\nfrom penguin_lab.spark import get_spark\n"
             f"spark = get_spark(torch_workers={torch_workers})\n"
-            "print(spark.sparkContext.parallelize([0], 1).map(lambda _: 'torch' in sys.modules).collect())")
+            f"print(spark.sparkContext.parallelize([0], 1).map(lambda _: [m in sys.modules for m in {modules!r}])"
+            ".collect())")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO,
                             env={**os.environ, "PENGUIN_LAB_SPARK_MASTER": "local[1]"})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == f"[{torch_workers}]"
+    assert result.stdout.strip().splitlines()[-1] == str([[torch_workers] * len(modules)])
 
 
 def test_an_output_folder_holding_other_files_is_refused_and_kept(saved_model, tmp_path):

@@ -34,8 +34,9 @@ def bind_to_own_core(local_rank: int, local_size: int, training_thread_first: bo
 
     With `training_thread_first`, the threads already started get the idle scheduling class, so on
     that core they run while the calling (training) thread waits, not in the middle of its forward and
-    backward passes. Horovod's rank function asks for it: its threads only exchange messages, and its
-    wait for them yields the core. PyTorch's threads keep their class.
+    backward passes. Both rank functions ask for it: Horovod's threads and the gloo threads of DDP's
+    process group only exchange messages, and training's wait for them yields the core. Threads started
+    later (PyTorch's own) keep their class.
     Only for several processes on CPU with a core for each; returns the core, or None."""
     if local_size < 2 or not hasattr(os, "sched_setaffinity"):
         return None

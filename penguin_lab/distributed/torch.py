@@ -42,10 +42,10 @@ def torch_rank_main(job: DistributedJob) -> dict:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=timedelta(seconds=job.collective_timeout_seconds))
         rank, size = dist.get_rank(), dist.get_world_size()
-        if device.type == "cpu":  # a core per process, as for Horovod
+        if device.type == "cpu":  # a core per process, as for Horovod, where gloo's threads yield to training
             # (Spark barrier tasks each start one process, so LOCAL_WORLD_SIZE is 1 and they are not bound:
             # bound, a barrier job now and then waited 5 minutes at the end for a rank that had aborted.)
-            bind_to_own_core(local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+            bind_to_own_core(local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", 1)), training_thread_first=True)
         tune_threads()
         seed_everything(job.seed)
 
