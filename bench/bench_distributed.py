@@ -15,6 +15,11 @@ one thread each, 2 processes bound to a core each) through the same per-rank fun
 per second over all processes: rows x epochs divided by the slowest rank's training time (process
 start-up and reading the Parquet are not counted). The goal: 2 processes at least 1.6x the rows per
 second of 1.
+
+Beside each batch size, measured in the same run: the training steps alone, on a random batch, as many
+rows in all, in 1 and then 2 processes that never communicate and read no data, each on a core of its
+own. What 2 of those reach against 1 is what the second core adds to the steps themselves (the cores
+share a cache and memory), in the same minutes as the engines: this VM's speed drifts.
 """
 
 from __future__ import annotations
@@ -79,6 +84,48 @@ def versions() -> str:
     return ", ".join(parts)
 
 
+def _uncoupled_steps(core: int, batch_size: int, steps: int, queue) -> None:
+    """One process's training steps on a random batch, alone on `core`, one thread: rows/s into `queue`."""
+    import torch
+
+    from penguin_lab.model import PenguinNet
+
+    os.sched_setaffinity(0, {core})
+    torch.set_num_threads(1)
+    torch.manual_seed(core)
+    model = PenguinNet()
+    optimizer = torch.optim.Adam(model.parameters())
+    features, labels = torch.rand(batch_size, 5), torch.randint(0, 3, (batch_size,))
+
+    def step():
+        optimizer.zero_grad()
+        torch.nn.functional.nll_loss(model(features), labels).backward()
+        optimizer.step()
+
+    for _ in range(5):  # warm up
+        step()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    queue.put(steps * batch_size / (time.perf_counter() - started))
+
+
+def uncoupled_rows_per_second(batch_size: int, processes: int, rows: int) -> float:
+    """Rows/s over `processes` processes that each take `rows` rows of training steps and never communicate."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    workers = [context.Process(target=_uncoupled_steps, args=(core, batch_size, max(1, rows // batch_size), queue))
+               for core in range(processes)]
+    for worker in workers:
+        worker.start()
+    total = sum(queue.get() for _ in workers)
+    for worker in workers:
+        worker.join()
+    return total
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000,
@@ -114,6 +161,13 @@ def main() -> int:
             job = DistributedJob(train_path=prepared.train_path, test_path=prepared.test_path,
                                  island_vocabulary=prepared.island_vocabulary, epochs=args.epochs,
                                  batch_size=batch_size, seed=args.seed, progress_every=0)
+            for processes in (1, 2):
+                # As many rows in all as an engine's run trains, shared out as the engines share them.
+                share = train_rows * args.epochs // processes
+                steps_alone = max(uncoupled_rows_per_second(batch_size, processes, share) for _ in range(args.repeat))
+                results[batch_size, "uncoupled", processes] = steps_alone
+                print(f"  batch {batch_size:>6}  steps alone, no communication, {processes} "
+                      f"process{'es' if processes > 1 else '  '}: {steps_alone:12,.0f} rows/s", flush=True)
             for engine in engines:
                 for processes in (1, 2):
                     best = None
@@ -134,9 +188,10 @@ def main() -> int:
     print("| batch size per process | engine | 1 process (rows/s) | 2 processes (rows/s) | 2 vs 1 |")
     print("|---:|---|---:|---:|---:|")
     for batch_size in batch_sizes:
-        for engine in engines:
+        for engine in ["uncoupled", *engines]:
             one, two = results[batch_size, engine, 1], results[batch_size, engine, 2]
-            print(f"| {batch_size} | {engine} | {one:,.0f} | {two:,.0f} | {two / one:.2f}x |")
+            name = "steps alone, no communication" if engine == "uncoupled" else engine
+            print(f"| {batch_size} | {name} | {one:,.0f} | {two:,.0f} | {two / one:.2f}x |")
     for engine in engines:
         reached = [b for b in batch_sizes if results[b, engine, 2] >= GOAL * results[b, engine, 1]]
         print(f"{engine}: 2 processes reach {GOAL}x the rows per second of 1 "

@@ -7,6 +7,11 @@ load) cancel out in the difference between the two sizes: the marginal throughpu
 the extra wall time. The floor is plain PyTorch inference over the same number of rows, in this process, on
 one thread. A round measures both sizes and the floor back to back; the median of N rounds decides.
 Goal: the marginal throughput is at least a quarter of that floor.
+
+Each round also times Spark's hand-off alone, in a fresh process: the same input read and checked as `score`
+does, and handed to Python workers as Arrow batches that are only counted, nothing scored or written. Its
+marginal throughput (warm: each size runs twice, the second time counts) bounds any scorer that runs in
+Spark's Python workers, as spark_udf and pandas UDFs do.
 """
 
 from __future__ import annotations
@@ -39,18 +44,61 @@ def forward_rows_per_second(model_dir: Path, rows: int) -> float:
     torch.set_num_threads(1)
     model, _ = load_model(model_dir)
     batch = torch.rand(65536, 5)
+    batches = max(1, rows // 65536)
     with torch.no_grad():
         model(batch)
         started = time.perf_counter()
-        for _ in range(rows // 65536):
+        for _ in range(batches):
             model(batch).exp().argmax(dim=1)
-    return (rows // 65536) * 65536 / (time.perf_counter() - started)
+    return batches * 65536 / (time.perf_counter() - started)
+
+
+# Spark's hand-off alone, in a session started as `score` starts it: each input's records checked as score checks
+# them (read.records_of and score's reason column) and handed to Python workers that count them. Prints the
+# second, warm, time of each path.
+SPARK_HANDOFF = """
+import sys, tempfile, time
+from pathlib import Path
+from pyspark.sql import functions as F
+from penguin_lab.config import ISLAND, LABEL, MEASUREMENTS
+from penguin_lab.read import records_of
+from penguin_lab.score import _has_label, reason_column
+from penguin_lab.spark import get_spark
+spark = get_spark(large_input=True, torch_workers=True)
+
+def count(batches):
+    import pyarrow as pa
+    yield pa.RecordBatch.from_pylist([{"n": sum(b.num_rows for b in batches)}])
+
+def seconds(path):
+    records, files = records_of(spark, path, Path(tempfile.mkdtemp()), require_label=False)
+    columns = [ISLAND, *MEASUREMENTS] + ([LABEL] if _has_label(spark, files) else [])
+    rows = records.filter(F.col("kind") == "data").select(*columns, reason_column().alias("reason"))
+    started = time.perf_counter()
+    rows.mapInArrow(count, "n long").agg(F.sum("n")).collect()
+    return time.perf_counter() - started
+
+passes = [[seconds(path) for path in sys.argv[1:]] for _ in range(2)]
+print("handoff_seconds", *passes[-1])
+"""
+
+
+def handoff_rows_per_second(work: Path, small: int, large: int) -> float:
+    """Marginal rows/s of Spark's hand-off alone (SPARK_HANDOFF) between the two sizes."""
+    paths = [str(work / f"penguins-{rows}.parquet") for rows in (small, large)]
+    result = subprocess.run([sys.executable, "-c", SPARK_HANDOFF, *paths], capture_output=True, text=True, cwd=REPO)
+    found = [line.split()[1:] for line in result.stdout.splitlines() if line.startswith("handoff_seconds")]
+    if result.returncode != 0 or not found:
+        raise SystemExit(f"Spark's hand-off alone failed: {result.stderr.strip()[-500:]}")
+    extra = float(found[0][1]) - float(found[0][0])
+    return (large - small) / extra if extra > 0 else float("inf")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="1000000,10000000", help="two comma-separated sizes")
-    parser.add_argument("--repeat", type=int, default=3, help="rounds of both sizes and the floor (default 3)")
+    parser.add_argument("--repeat", type=int, default=3, choices=range(1, 100), metavar="N",
+                        help="rounds of both sizes and the floor (default 3; with an even N the lower middle decides)")
     parser.add_argument("--work", help="folder for the data, model and output (default: a temporary one)")
     args = parser.parse_args()
     small, large = (int(r) for r in args.rows.split(","))
@@ -85,12 +133,14 @@ def one_round(work: Path, model: Path, small: int, large: int, first: int) -> di
     taken minutes apart measures the drift as much as the scoring. Rounds alternate which size goes first."""
     seconds = {rows: score_seconds(work, model, rows) for rows in (first, small + large - first)}
     floor = max(forward_rows_per_second(model, large) for _ in range(3))  # its first pass can be the slowest
+    handoff = handoff_rows_per_second(work, small, large)
     extra = seconds[large] - seconds[small]
     marginal = (large - small) / extra if extra > 0 else float("inf")  # the large size was no slower
     found = {"small": seconds[small], "large": seconds[large], "marginal": marginal, "floor": floor,
-             "ratio": marginal / floor}
+             "ratio": marginal / floor, "handoff": handoff}
     print(f"round: {small:,} rows {seconds[small]:5.1f} s, {large:,} rows {seconds[large]:5.1f} s; marginal "
-          f"{marginal / 1e6:5.2f}M rows/s; floor {floor / 1e6:5.2f}M rows/s; ratio {found['ratio']:.2f}", flush=True)
+          f"{marginal / 1e6:5.2f}M rows/s; floor {floor / 1e6:5.2f}M rows/s; ratio {found['ratio']:.2f}; "
+          f"Spark's hand-off alone {handoff / 1e6:5.2f}M rows/s ({handoff / floor:.2f} of the floor)", flush=True)
     return found
 
 
@@ -110,7 +160,8 @@ def report(rounds: list, small: int, large: int) -> None:
     verdict = "met" if middle["ratio"] >= 0.25 else "NOT met"
     print(f"median round of {len(rounds)}: marginal {middle['marginal'] / 1e6:.2f}M rows/s, floor (PyTorch forward "
           f"alone, 1 thread) {middle['floor'] / 1e6:.2f}M rows/s; marginal / floor {middle['ratio']:.2f} "
-          f"(goal >= 0.25: {verdict})")
+          f"(goal >= 0.25: {verdict}); Spark's hand-off alone {middle['handoff'] / 1e6:.2f}M rows/s, "
+          f"{middle['handoff'] / middle['floor']:.2f} of the floor")
 
 
 if __name__ == "__main__":

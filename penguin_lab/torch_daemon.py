@@ -3,7 +3,8 @@
 Each forked worker inherits the imports instead of paying for them again (PyTorch alone is over a second of
 CPU; pyarrow imports pandas on its first array), on a machine whose cores the workers share with the JVM.
 `penguin-lab score` asks Spark for it with spark.python.daemon.module; the workers themselves are PySpark's own.
-Only modules are loaded here: no thread pool has started when the daemon forks.
+Nothing runs here but imports, so no thread pool has started when the daemon forks; each worker loads the model
+on its first batch (score._worker_predictor).
 """
 
 import pandas  # noqa: F401
