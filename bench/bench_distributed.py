@@ -17,9 +17,10 @@ start-up and reading the Parquet are not counted). The goal: 2 processes at leas
 second of 1.
 
 Beside each batch size, measured in the same run: the training steps alone, on a random batch, as many
-rows in all, in 1 and then 2 processes that never communicate and read no data, each on a core of its
-own. What 2 of those reach against 1 is what the second core adds to the steps themselves (the cores
-share a cache and memory), in the same minutes as the engines: this VM's speed drifts.
+rows in all, in 1 and then 2 processes that never communicate and read no data, bound to cores as the
+ranks are and counted as they are (all rows over the slowest process's time, from a common start). What
+2 of those reach against 1 is what the second core adds to the arithmetic itself, in the same minutes as
+the engines: this VM's speed drifts.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import queue
 import sys
 import tempfile
 import time
@@ -84,15 +86,17 @@ def versions() -> str:
     return ", ".join(parts)
 
 
-def _uncoupled_steps(core: int, batch_size: int, steps: int, queue) -> None:
-    """One process's training steps on a random batch, alone on `core`, one thread: rows/s into `queue`."""
+def _steps_alone(rank: int, processes: int, batch_size: int, steps: int, start, results) -> None:
+    """One process's training steps on a random batch, one thread, on a core of its own when there are
+    several (bind_to_own_core, as the engines' ranks are): (rows, seconds) into `results`."""
     import torch
 
+    from penguin_lab.distributed import bind_to_own_core
     from penguin_lab.model import PenguinNet
 
-    os.sched_setaffinity(0, {core})
+    bind_to_own_core(rank, processes)
     torch.set_num_threads(1)
-    torch.manual_seed(core)
+    torch.manual_seed(rank)
     model = PenguinNet()
     optimizer = torch.optim.Adam(model.parameters())
     features, labels = torch.rand(batch_size, 5), torch.randint(0, 3, (batch_size,))
@@ -104,26 +108,35 @@ def _uncoupled_steps(core: int, batch_size: int, steps: int, queue) -> None:
 
     for _ in range(5):  # warm up
         step()
+    start.wait()  # every process starts timing together, as the engines' ranks start training together
     started = time.perf_counter()
     for _ in range(steps):
         step()
-    queue.put(steps * batch_size / (time.perf_counter() - started))
+    results.put((steps * batch_size, time.perf_counter() - started))
 
 
-def uncoupled_rows_per_second(batch_size: int, processes: int, rows: int) -> float:
-    """Rows/s over `processes` processes that each take `rows` rows of training steps and never communicate."""
+def steps_alone_rows_per_second(batch_size: int, processes: int, rows: int) -> float:
+    """Rows/s of `processes` processes that each take `rows` rows of training steps and never communicate:
+    all rows over the slowest process's time, as the engines are counted."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    workers = [context.Process(target=_uncoupled_steps, args=(core, batch_size, max(1, rows // batch_size), queue))
-               for core in range(processes)]
+    start, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=_steps_alone, args=(rank, processes, batch_size, max(1, rows // batch_size),
+                                                          start, results)) for rank in range(processes)]
     for worker in workers:
         worker.start()
-    total = sum(queue.get() for _ in workers)
-    for worker in workers:
-        worker.join()
-    return total
+    try:
+        found = [results.get(timeout=600) for _ in workers]
+    except queue.Empty:
+        raise SystemExit(f"bench: a process of the steps alone ended without a result "
+                         f"(exit codes {[worker.exitcode for worker in workers]})") from None
+    finally:
+        for worker in workers:
+            worker.join(timeout=5)
+            if worker.is_alive():
+                worker.kill()
+    return sum(rows for rows, _ in found) / max(seconds for _, seconds in found)
 
 
 def main() -> int:
@@ -164,8 +177,8 @@ def main() -> int:
             for processes in (1, 2):
                 # As many rows in all as an engine's run trains, shared out as the engines share them.
                 share = train_rows * args.epochs // processes
-                steps_alone = max(uncoupled_rows_per_second(batch_size, processes, share) for _ in range(args.repeat))
-                results[batch_size, "uncoupled", processes] = steps_alone
+                steps_alone = max(steps_alone_rows_per_second(batch_size, processes, share) for _ in range(args.repeat))
+                results[batch_size, "steps alone", processes] = steps_alone
                 print(f"  batch {batch_size:>6}  steps alone, no communication, {processes} "
                       f"process{'es' if processes > 1 else '  '}: {steps_alone:12,.0f} rows/s", flush=True)
             for engine in engines:
@@ -188,9 +201,9 @@ def main() -> int:
     print("| batch size per process | engine | 1 process (rows/s) | 2 processes (rows/s) | 2 vs 1 |")
     print("|---:|---|---:|---:|---:|")
     for batch_size in batch_sizes:
-        for engine in ["uncoupled", *engines]:
+        for engine in ["steps alone", *engines]:
             one, two = results[batch_size, engine, 1], results[batch_size, engine, 2]
-            name = "steps alone, no communication" if engine == "uncoupled" else engine
+            name = "steps alone, no communication" if engine == "steps alone" else engine
             print(f"| {batch_size} | {name} | {one:,.0f} | {two:,.0f} | {two / one:.2f}x |")
     for engine in engines:
         reached = [b for b in batch_sizes if results[b, engine, 2] >= GOAL * results[b, engine, 1]]
