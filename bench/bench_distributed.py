@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 
 GOAL = 1.6  # 2 processes against 1, on 2 cores
 TEST_ROWS = 10_000
+STEPS_ALONE = "steps alone, no communication"  # its row in the results, beside the engines
 
 
 def prepared_synthetic(spark, rows: int, seed: int, folder: Path):
@@ -178,8 +179,8 @@ def main() -> int:
                 # As many rows in all as an engine's run trains, shared out as the engines share them.
                 share = train_rows * args.epochs // processes
                 steps_alone = max(steps_alone_rows_per_second(batch_size, processes, share) for _ in range(args.repeat))
-                results[batch_size, "steps alone", processes] = steps_alone
-                print(f"  batch {batch_size:>6}  steps alone, no communication, {processes} "
+                results[batch_size, STEPS_ALONE, processes] = steps_alone
+                print(f"  batch {batch_size:>6}  {STEPS_ALONE}, {processes} "
                       f"process{'es' if processes > 1 else '  '}: {steps_alone:12,.0f} rows/s", flush=True)
             for engine in engines:
                 for processes in (1, 2):
@@ -201,10 +202,9 @@ def main() -> int:
     print("| batch size per process | engine | 1 process (rows/s) | 2 processes (rows/s) | 2 vs 1 |")
     print("|---:|---|---:|---:|---:|")
     for batch_size in batch_sizes:
-        for engine in ["steps alone", *engines]:
+        for engine in [STEPS_ALONE, *engines]:
             one, two = results[batch_size, engine, 1], results[batch_size, engine, 2]
-            name = "steps alone, no communication" if engine == "steps alone" else engine
-            print(f"| {batch_size} | {name} | {one:,.0f} | {two:,.0f} | {two / one:.2f}x |")
+            print(f"| {batch_size} | {engine} | {one:,.0f} | {two:,.0f} | {two / one:.2f}x |")
     for engine in engines:
         reached = [b for b in batch_sizes if results[b, engine, 2] >= GOAL * results[b, engine, 1]]
         print(f"{engine}: 2 processes reach {GOAL}x the rows per second of 1 "

@@ -53,16 +53,14 @@ def forward_rows_per_second(model_dir: Path, rows: int) -> float:
     return batches * 65536 / (time.perf_counter() - started)
 
 
-# Spark's hand-off alone, in a session started as `score` starts it: each input's records checked as score checks
-# them (read.records_of and score's reason column) and handed to Python workers that count them. Prints the
-# second, warm, time of each path.
+# Spark's hand-off alone, in a session started as `score` starts it: each input's records as score hands them to its
+# workers (score.records_to_score, in batches of score.ARROW_BATCH_ROWS), to workers that only count them. Prints
+# the second, warm, time of each path.
 SPARK_HANDOFF = """
 import shutil, sys, tempfile, time
 from pathlib import Path
 from pyspark.sql import functions as F
-from penguin_lab.config import ISLAND, LABEL, MEASUREMENTS
-from penguin_lab.read import records_of
-from penguin_lab.score import _has_label, arrow_batches, reason_column
+from penguin_lab.score import ARROW_BATCH_ROWS, arrow_batches, records_to_score
 from penguin_lab.spark import get_spark
 spark = get_spark(large_input=True, torch_workers=True)
 scratch = Path(tempfile.mkdtemp(prefix="penguin-lab-handoff-"))
@@ -72,11 +70,9 @@ def count(batches):
     yield pa.RecordBatch.from_pylist([{"n": sum(b.num_rows for b in batches)}])
 
 def seconds(path):
-    records, files = records_of(spark, path, Path(tempfile.mkdtemp(dir=scratch)), require_label=False)
-    columns = [ISLAND, *MEASUREMENTS] + ([LABEL] if _has_label(spark, files) else [])
-    rows = records.filter(F.col("kind") == "data").select(*columns, reason_column().alias("reason"))
+    rows = records_to_score(spark, path, Path(tempfile.mkdtemp(dir=scratch)))
     started = time.perf_counter()
-    with arrow_batches(spark, 1 << 16):  # as score hands records over
+    with arrow_batches(spark, ARROW_BATCH_ROWS):
         rows.mapInArrow(count, "n long").agg(F.sum("n")).collect()
     return time.perf_counter() - started
 
@@ -88,6 +84,12 @@ print("handoff_seconds", *passes[-1])
 """
 
 
+def marginal_rows_per_second(small: int, large: int, small_seconds: float, large_seconds: float) -> float:
+    """The extra rows over the extra time between two sizes; infinite when the large size was no slower."""
+    extra = large_seconds - small_seconds
+    return (large - small) / extra if extra > 0 else float("inf")
+
+
 def handoff_rows_per_second(work: Path, small: int, large: int) -> float:
     """Marginal rows/s of Spark's hand-off alone (SPARK_HANDOFF) between the two sizes."""
     paths = [str(work / f"penguins-{rows}.parquet") for rows in (small, large)]
@@ -95,8 +97,7 @@ def handoff_rows_per_second(work: Path, small: int, large: int) -> float:
     found = [line.split()[1:] for line in result.stdout.splitlines() if line.startswith("handoff_seconds")]
     if result.returncode != 0 or not found:
         raise SystemExit(f"Spark's hand-off alone failed: {result.stderr.strip()[-500:]}")
-    extra = float(found[0][1]) - float(found[0][0])
-    return (large - small) / extra if extra > 0 else float("inf")
+    return marginal_rows_per_second(small, large, *map(float, found[0]))
 
 
 def main() -> None:
@@ -139,8 +140,7 @@ def one_round(work: Path, model: Path, small: int, large: int, first: int) -> di
     seconds = {rows: score_seconds(work, model, rows) for rows in (first, small + large - first)}
     floor = max(forward_rows_per_second(model, large) for _ in range(3))  # its first pass can be the slowest
     handoff = handoff_rows_per_second(work, small, large)
-    extra = seconds[large] - seconds[small]
-    marginal = (large - small) / extra if extra > 0 else float("inf")  # the large size was no slower
+    marginal = marginal_rows_per_second(small, large, seconds[small], seconds[large])
     found = {"small": seconds[small], "large": seconds[large], "marginal": marginal, "floor": floor,
              "ratio": marginal / floor, "handoff": handoff}
     print(f"round: {small:,} rows {seconds[small]:5.1f} s, {large:,} rows {seconds[large]:5.1f} s; marginal "
@@ -156,7 +156,7 @@ def report(rounds: list, small: int, large: int) -> None:
     fastest = {size: min(r[size] for r in rounds) for size in ("small", "large")}
     best_floor = max(r["floor"] for r in rounds)
     extra = fastest["large"] - fastest["small"]
-    best_marginal = (large - small) / extra if extra > 0 else float("inf")
+    best_marginal = marginal_rows_per_second(small, large, fastest["small"], fastest["large"])
     for rows, size in ((small, "small"), (large, "large")):
         print(f"{rows:>11,} rows: {fastest[size]:6.1f} s wall ({rows / fastest[size] / 1e6:5.2f}M rows/s, "
               f"fixed costs included; runs {', '.join(f'{r[size]:.1f}' for r in rounds)} s)")

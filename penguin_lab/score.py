@@ -26,6 +26,7 @@ PHRASES = {"long_line": "the line is too long for a CSV row", "unclosed_quote": 
            "too_many_fields": "too many fields", "not_a_number": "is not a number",
            "impossible": "is not a possible measurement", "not_a_species": "is not a species"}
 _PREDICTORS = {}  # per Python worker: the model, loaded on the first batch
+ARROW_BATCH_ROWS = 1 << 16  # records per Arrow batch handed to a worker: the model runs on whole arrays
 
 
 def ship_model(spark, folder: Path, scratch: Path) -> str:
@@ -166,19 +167,28 @@ def write_row_group(writer, path: Path, batches: list):
     return writer
 
 
+def records_to_score(spark, data, scratch: Path):
+    """The data records of an input, as scoring hands them to its workers: the Island, the measurements
+    and the species when the input has one, then `reason` (the reading rule a record broke, or null)."""
+    from pyspark.sql import functions as F
+
+    from .read import records_of
+
+    records, files = records_of(spark, str(data), scratch, require_label=False)
+    columns = [ISLAND, *MEASUREMENTS] + ([LABEL] if _has_label(spark, files) else [])
+    return records.filter(F.col("kind") == "data").select(*columns, reason_column().alias("reason"))
+
+
 def score(spark, model: str, data, out, drop_invalid: bool = False, started: float | None = None) -> dict:
     """Score `data` (CSV or Parquet, file or folder) with `model` (a folder, runs:/ or models:/ URI) into
     Parquet at `out`, written whole or not at all. Returns the counts and the seconds since `started` (a
     time.perf_counter(); by default, the call)."""
     import shutil
 
-    from pyspark.sql import functions as F
-
     from .artifacts import new_staging_folder, replace_dir
     from .distributed.workers import workers_import_this_package
     from .mlflow_models import is_model_uri, local_model_folder
     from .predict import Predictor
-    from .read import records_of
     from .spark import shared_temporary_folder
 
     started = time.perf_counter() if started is None else started
@@ -188,9 +198,7 @@ def score(spark, model: str, data, out, drop_invalid: bool = False, started: flo
         folder = local_model_folder(model, scratch / "download") if is_model_uri(model) else Path(model)
         predictor = Predictor(folder)  # on the driver first: a broken model is one line, before any task
         name = ship_model(spark, folder, scratch)
-        records, files = records_of(spark, str(data), scratch, require_label=False)
-        columns = [ISLAND, *MEASUREMENTS] + ([LABEL] if _has_label(spark, files) else [])
-        rows = records.filter(F.col("kind") == "data").select(*columns, reason_column().alias("reason"))
+        rows = records_to_score(spark, data, scratch)
         # Workers write into `attempts`; the kept files are moved to `staging`, and `attempts` is removed before
         # `staging` becomes `out`, so a task attempt still running (a duplicate, or one being killed) cannot
         # write into the output.
@@ -198,7 +206,7 @@ def score(spark, model: str, data, out, drop_invalid: bool = False, started: flo
         try:
             # Spark 3.5 gives a Python function the workers' environment when it is made, not when it runs: both
             # happen in workers that import this package (on Databricks it is on the notebook's sys.path only).
-            with workers_import_this_package(spark), arrow_batches(spark, 1 << 16):  # the model runs on whole arrays
+            with workers_import_this_package(spark), arrow_batches(spark, ARROW_BATCH_ROWS):
                 parts = rows.mapInArrow(scored_files(name, predictor.species, str(attempts), drop_invalid),
                                         "file string, rows long, flagged long, written long").collect()
             keep_only(attempts, staging, parts, output_schema(rows.drop("reason").schema, predictor.species))
