@@ -82,8 +82,10 @@ def output_schema(input_schema, species: list):
 
 def scored_batches(name: str, species: list):
     """The function mapInArrow runs on each partition: Arrow batches of records in, the same records with
-    predictions out. The input columns pass through untouched; only the model's inputs become arrays."""
+    predictions out. The input columns pass through with their values untouched (the island as a dictionary of
+    its spellings); only the model's inputs become arrays."""
     def score(batches):
+        import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
 
@@ -98,12 +100,16 @@ def scored_batches(name: str, species: list):
                                                         islands.dictionary.to_pylist(), measurements)
             flagged = batch.column("reason").is_valid().to_numpy(zero_copy_only=False)  # broke a reading rule
             unscored = (why >= 0) | flagged
-            predicted = pc.take(species_names, pa.array(probabilities.argmax(axis=1), mask=unscored))
-            reason = pc.coalesce(batch.column("reason"), pc.take(pa.array(reasons, pa.string()),
-                                                                 pa.array(why, mask=why < 0)))
+            # Text columns as indexes into their few distinct values: the Parquet writer then takes the dictionary
+            # it writes as it is, instead of hashing every value to build one.
+            predicted = pa.DictionaryArray.from_arrays(
+                pa.array(probabilities.argmax(axis=1).astype(np.int32), mask=unscored), species_names)
+            reason = batch.column("reason")
+            if (why >= 0).any():
+                reason = pc.coalesce(reason, pc.take(pa.array(reasons, pa.string()), pa.array(why, mask=why < 0)))
             inputs = [c for c in batch.schema.names if c != "reason"]
-            columns = [*map(batch.column, inputs), predicted,
-                       *[pa.array(probabilities[:, i], mask=unscored) for i in range(len(species))], reason]
+            columns = [islands if name == ISLAND else batch.column(name) for name in inputs]
+            columns += [predicted, *[pa.array(probabilities[:, i], mask=unscored) for i in range(len(species))], reason]
             yield pa.RecordBatch.from_arrays(columns, names=[*inputs, "predicted_species",
                                                              *[f"p_{s}" for s in species], "reason"])
     return score
@@ -162,7 +168,10 @@ def write_row_group(writer, path: Path, batches: list):
 
     if writer is None:  # probabilities are all different: a dictionary of them would be built only to be dropped
         schema = batches[0].schema
-        writer = pq.ParquetWriter(path, schema, use_dictionary=[c for c in schema.names if not c.startswith("p_")])
+        # Without Arrow's schema in the file, readers see the text columns as the plain strings they hold, not
+        # as the dictionaries they were written from.
+        writer = pq.ParquetWriter(path, schema, use_dictionary=[c for c in schema.names if not c.startswith("p_")],
+                                  store_schema=False)
     writer.write_table(pa.Table.from_batches(batches))
     return writer
 

@@ -92,10 +92,26 @@ def stripped(column, also: str = ""):
         return trimmed
     # Trimming by a set of characters costs Spark several times more than comparing: only a value whose first or
     # last character may be white space (a control character, a space or beyond ASCII, as every character of
-    # WHITESPACE is) is trimmed. Strings compare by their UTF-8 bytes, so `< "!"` is a first byte below 0x21.
-    last = F.substring(column, -1, 1)
-    maybe_spaced = (column < "!") | (column >= "\x7f") | (last < "!") | (last >= "\x7f")
+    # WHITESPACE is) is trimmed. Strings compare by their UTF-8 bytes, so `< "!"` is a first byte below 0x21;
+    # a last byte of 0x7f or more ends a character beyond ASCII (or is DEL).
+    last = last_byte(column)
+    maybe_spaced = (column < "!") | (column >= "\x7f") | (last < byte("!")) | (last >= byte("\x7f"))
     return F.when(maybe_spaced, trimmed).otherwise(column)
+
+
+def last_byte(column):
+    """The last byte of a string's UTF-8, as binary (empty for ""): Spark finds a string's last character by
+    counting every character before it, where the last byte needs no counting."""
+    from pyspark.sql import functions as F
+
+    return F.substring(column.cast("binary"), -1, 1)
+
+
+def byte(character: str):
+    """An ASCII character as a one-byte binary literal, to compare with last_byte."""
+    from pyspark.sql import functions as F
+
+    return F.lit(bytearray(character.encode("ascii")))
 
 
 def case_spellings(words) -> list:
@@ -140,8 +156,8 @@ def as_number(value, decimal_comma: bool):
     # Infinity, and ignores control characters at either end. Of what it reads, a value that starts above
     # them, ends with a digit or a point and has no x is a plain decimal number (digits, points, signs, e):
     # byte comparisons, where looking up each character in a set costs more than the cast.
-    last = F.substring(value, -1, 1)
-    plain_decimal = ((value >= "+") & (((last >= "0") & (last <= "9")) | (last == "."))
+    last = last_byte(value)
+    plain_decimal = ((value >= "+") & (((last >= byte("0")) & (last <= byte("9"))) | (last == byte(".")))
                      & ~value.contains("x") & ~value.contains("X"))
     special = (F.when(value.rlike("(?i)nan$"), F.lit(float("nan")))
                .when(value.startswith("-"), F.lit(float("-inf"))).otherwise(F.lit(float("inf"))))

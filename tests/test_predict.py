@@ -107,3 +107,27 @@ def test_pickle_files_are_refused_not_loaded(tmp_path):
     torch.save(PenguinNet().state_dict(), tmp_path / "penguin_classifier.pt")
     with pytest.raises(LabError, match="never loaded"):
         load_model(tmp_path / "penguin_classifier.pt")
+
+
+def test_a_batch_scores_each_row_as_it_would_alone(saved_model):
+    """score_columns takes a shorter way when every row of a batch can be scored: a row's probabilities are
+    the same to the bit whichever way its batch went, and the same as predicting it alone."""
+    from penguin_lab.predict import score_columns
+
+    predictor = Predictor(saved_model)
+    rng = np.random.default_rng(0)
+    rows = 1000
+    codes = rng.integers(0, 3, rows)
+    spellings = ["Biscoe", "dream", "Torgersen", "Atlantis"]
+    measurements = [rng.uniform(low, high, rows) for low, high in ((35, 55), (14, 21), (175, 230), (2800, 6200))]
+    whole, why, _ = score_columns(predictor, codes, spellings, measurements)
+    assert (why == -1).all() and whole.dtype == np.float64 and whole.shape == (rows, 3)
+    codes_with_bad = np.concatenate([codes, [3, -1, 0]])  # an unknown island, a missing one, a bad measurement
+    with_bad = [np.concatenate([values, [40.0, 40.0, -1.0 if i == 0 else 40.0]]) for i, values in enumerate(measurements)]
+    mixed, why, reasons = score_columns(predictor, codes_with_bad, spellings, with_bad)
+    assert np.array_equal(mixed[:rows], whole) and np.isnan(mixed[rows:]).all()
+    assert [reasons[w].split(";")[0] for w in why[rows:]] == ["Island: unknown island 'Atlantis'", "Island: missing",
+                                                              "CulmenLength: missing, not a number or not a possible measurement"]
+    for i in (0, rows // 2, rows - 1):
+        alone = predictor.predict(spellings[codes[i]], **{name: values[i] for name, values in zip(MEASUREMENTS, measurements)})
+        assert list(alone["probabilities"].values()) == pytest.approx(list(whole[i]), abs=1e-6)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO, assert_one_line_error, run_cli
@@ -120,6 +122,10 @@ def test_a_parquet_input_keeps_its_species_and_every_row(saved_model, tmp_path):
     frame = scored(tmp_path / "scored")
     assert len(frame) == 5000 and frame["reason"].isna().all() and "Species" in frame.columns
     assert set(frame["predicted_species"]) <= {"Adelie", "Gentoo", "Chinstrap"}
+    assert (frame[OUTPUT[6:9]].idxmax(axis=1).str[2:] == frame["predicted_species"]).all()
+    # Written from dictionaries, read as the plain text the output's schema declares.
+    schema = pq.read_table(tmp_path / "scored").schema
+    assert [schema.field(c).type for c in ("Island", "predicted_species", "reason")] == [pa.string()] * 3
 
 
 @pytest.mark.parametrize("torch_workers", [True, False])
