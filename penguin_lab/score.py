@@ -172,7 +172,9 @@ def write_row_group(writer, path: Path, batches: list):
         # as the dictionaries they were written from.
         writer = pq.ParquetWriter(path, schema, use_dictionary=[c for c in schema.names if not c.startswith("p_")],
                                   store_schema=False)
-    writer.write_table(pa.Table.from_batches(batches))
+    # One dictionary per column for the whole row group: each batch's islands come in the order they first
+    # appear, and a column whose dictionary changes within a row group is written plain from there on.
+    writer.write_table(pa.Table.from_batches(batches).unify_dictionaries())
     return writer
 
 

@@ -248,3 +248,21 @@ def test_score_on_a_standalone_cluster_gives_what_local_spark_gives(saved_model,
                      env=cluster_env(standalone_master, tmp_path))
     assert local.returncode == 0 and remote.returncode == 0, remote.stderr
     pd.testing.assert_frame_equal(scored(tmp_path / "local"), scored(tmp_path / "remote"))
+
+
+def test_a_row_group_keeps_one_dictionary_when_its_batches_saw_the_islands_in_other_orders(tmp_path):
+    """Each batch encodes its islands in the order they first appear; the row group written from two such
+    batches still holds each island once, not every row's text."""
+    import pyarrow.compute as pc
+
+    from penguin_lab.score import write_row_group
+
+    first = ["Biscoe", "Dream", "Torgersen"] * 20000
+    second = ["Torgersen", "Biscoe", "Dream"] * 20000
+    batches = [pa.RecordBatch.from_arrays([pc.dictionary_encode(pa.array(islands))], ["Island"])
+               for islands in (first, second)]
+    assert batches[0].column(0).dictionary != batches[1].column(0).dictionary
+    write_row_group(None, tmp_path / "part.parquet", batches).close()
+    chunk = pq.ParquetFile(tmp_path / "part.parquet").metadata.row_group(0).column(0)
+    assert chunk.total_uncompressed_size < 120000 // 2  # 2 bits a row as indexes; written as text, over 10 bytes
+    assert pq.read_table(tmp_path / "part.parquet").column("Island").to_pylist() == first + second
