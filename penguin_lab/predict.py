@@ -148,15 +148,12 @@ def score_columns(predictor: Predictor, codes: np.ndarray, spellings: list, meas
         why[~check_measurement(values) & (why < 0)] = number
         columns.append(values * float(predictor.scale[name]))
     good = why < 0
-    if good.all():  # the usual batch: every row is scored, and none is copied out first
-        with torch.no_grad():
-            x = predictor.standardized(np.column_stack(columns))
-            return predictor.model(torch.from_numpy(x)).exp().numpy().astype(np.float64), why, reasons
     probabilities = np.full((len(why), len(predictor.species)), np.nan)
     if good.any():
-        x = predictor.standardized(np.column_stack(columns)[good])
+        scored = slice(None) if good.all() else good  # the usual batch: every row, none copied out first
+        x = predictor.standardized(np.column_stack(columns)[scored])
         with torch.no_grad():
-            probabilities[good] = predictor.model(torch.from_numpy(x)).exp().numpy()
+            probabilities[scored] = predictor.model(torch.from_numpy(x)).exp().numpy()
     return probabilities, why, reasons
 
 

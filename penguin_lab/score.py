@@ -99,13 +99,14 @@ def scored_batches(name: str, species: list):
             probabilities, why, reasons = score_columns(predictor, islands.indices.fill_null(-1).to_numpy(),
                                                         islands.dictionary.to_pylist(), measurements)
             flagged = batch.column("reason").is_valid().to_numpy(zero_copy_only=False)  # broke a reading rule
-            unscored = (why >= 0) | flagged
+            unscorable = why >= 0  # by the model: an island it does not know, a missing or impossible value
+            unscored = unscorable | flagged
             # Text columns as indexes into their few distinct values: the Parquet writer then takes the dictionary
             # it writes as it is, instead of hashing every value to build one.
             predicted = pa.DictionaryArray.from_arrays(
                 pa.array(probabilities.argmax(axis=1).astype(np.int32), mask=unscored), species_names)
             reason = batch.column("reason")
-            if (why >= 0).any():
+            if unscorable.any():
                 reason = pc.coalesce(reason, pc.take(pa.array(reasons, pa.string()), pa.array(why, mask=why < 0)))
             inputs = [c for c in batch.schema.names if c != "reason"]
             columns = [islands if name == ISLAND else batch.column(name) for name in inputs]
